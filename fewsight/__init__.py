@@ -1,0 +1,1 @@
+"""fewsight: few-shot visual recognition by meta-learning."""

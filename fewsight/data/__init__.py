@@ -1,0 +1,7 @@
+"""Data: archives and their splits, labelled image tensors, and the episode sampler."""
+
+from fewsight.data.episodes import EpisodeSampler, TaskBatch
+from fewsight.data.images import LabelledImages
+from fewsight.data.omniglot import omniglot
+
+__all__ = ["EpisodeSampler", "LabelledImages", "TaskBatch", "omniglot"]

@@ -1,0 +1,111 @@
+"""Episodes: meta-batches of N-way K-shot tasks drawn by indexing tensors that live on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from fewsight.data.images import LabelledImages
+from fewsight.errors import FewsightError
+
+
+@dataclass
+class TaskBatch:
+    """T tasks of N ways: support (T, N*K, C, H, W) with labels (T, N*K), query (T, N*Q, ...).
+
+    Labels are 0..N-1; which class gets which label is random in every task.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    @property
+    def tasks(self) -> int:
+        return self.support_x.shape[0]
+
+    def task(self, index: int) -> TaskBatch:
+        """Task `index` alone, as a batch of one."""
+        part = slice(index, index + 1)
+        return TaskBatch(
+            self.support_x[part], self.support_y[part], self.query_x[part], self.query_y[part]
+        )
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot tasks with Q queries per class from labelled images.
+
+    The images stay as uint8 on `device`; a meta-batch is gathered with one indexing operation and
+    scaled to [0, 1] in `dtype`. Only classes with at least K+Q images take part.
+    """
+
+    def __init__(
+        self,
+        data: LabelledImages,
+        ways: int,
+        shots: int,
+        queries: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if ways < 2 or shots < 1 or queries < 1:
+            raise FewsightError("ways must be at least 2, shots and queries at least 1")
+        counts = data.images_per_class()
+        eligible = torch.nonzero(counts >= shots + queries).flatten()
+        if len(eligible) < ways:
+            raise FewsightError(
+                f"{ways}-way tasks with {shots} shots + {queries} queries need {ways} classes of at "
+                f"least {shots + queries} images, but this split has {len(eligible)} such classes "
+                f"(most images in a class: {int(counts.max())}); lower --ways, --shots or --queries"
+            )
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.device, self.dtype = torch.device(device), dtype
+        self.images = data.images.to(self.device)
+        order = torch.argsort(data.labels, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        width = int(counts[eligible].max())
+        position = torch.arange(width)
+        table = starts[eligible, None] + position  # (classes, width) index into images by class
+        self.counts = counts[eligible]
+        self.table = order[table.clamp(max=len(order) - 1)]
+
+    def _draw_indices(self, tasks: int, generator: torch.Generator) -> torch.Tensor:
+        """Image indices (T, N, K+Q), drawn without replacement, on the generator's device."""
+        device = generator.device
+        table, counts = self.table.to(device), self.counts.to(device)
+        classes = torch.rand(tasks, len(counts), generator=generator, device=device)
+        classes = classes.argsort(dim=1)[:, : self.ways]
+        scores = torch.rand(tasks, self.ways, table.shape[1], generator=generator, device=device)
+        scores = scores.masked_fill(torch.arange(table.shape[1], device=device) >= counts[classes, None], 2.0)
+        positions = scores.argsort(dim=2)[:, :, : self.shots + self.queries]
+        return table[classes[..., None], positions]
+
+    def _gather(self, indices: torch.Tensor) -> TaskBatch:
+        tasks = indices.shape[0]
+        images = self.images[indices.to(self.device)].to(self.dtype) / 255.0
+        labels = torch.arange(self.ways, device=self.device)
+        support = images[:, :, : self.shots].flatten(1, 2)
+        query = images[:, :, self.shots :].flatten(1, 2)
+        return TaskBatch(
+            support,
+            labels.repeat_interleave(self.shots).expand(tasks, -1),
+            query,
+            labels.repeat_interleave(self.queries).expand(tasks, -1),
+        )
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A random generator on the sampler's device, for `sample`."""
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
+        """A meta-batch of `tasks` random tasks."""
+        return self._gather(self._draw_indices(tasks, generator))
+
+    def fixed_episodes(self, count: int, batch: int, seed: int) -> Iterator[TaskBatch]:
+        """The same `count` tasks for a given seed on any device, in meta-batches of `batch`."""
+        generator = torch.Generator().manual_seed(seed)
+        for start in range(0, count, batch):
+            yield self._gather(self._draw_indices(min(batch, count - start), generator))

@@ -1,0 +1,49 @@
+"""Accuracy over fixed test episodes, as mean and 95% confidence interval."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from fewsight.algorithms import MetaLearner
+from fewsight.data import EpisodeSampler
+
+
+@dataclass
+class Accuracy:
+    """Mean accuracy over episodes and the half-width of its 95% confidence interval (normal)."""
+
+    mean: float
+    ci95: float
+    episodes: int
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}% over {self.episodes} episodes"
+
+
+def evaluate(
+    learner: MetaLearner,
+    sampler: EpisodeSampler,
+    episodes: int = 1000,
+    batch: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> Accuracy:
+    """Adapt to each of `episodes` fixed tasks and score its queries; the learner is left in the
+    mode it was in."""
+    was_training = learner.training
+    learner.eval()
+    per_episode = []
+    with torch.no_grad():
+        batches = sampler.fixed_episodes(episodes, batch, seed)
+        total = math.ceil(episodes / batch)
+        for tasks in tqdm(batches, total=total, desc="evaluating", disable=not progress, leave=False):
+            logits = learner.query_logits(tasks)
+            per_episode.append((logits.argmax(-1) == tasks.query_y).double().mean(1))
+    learner.train(was_training)
+    scores = torch.cat(per_episode).cpu()
+    spread = scores.std().item() if len(scores) > 1 else 0.0
+    return Accuracy(scores.mean().item(), 1.96 * spread / math.sqrt(len(scores)), len(scores))

@@ -1,0 +1,33 @@
+"""Batch norm written from mean and variance, with statistics from the task's own batch.
+
+Why not ``F.batch_norm``: under ``vmap(grad(...))`` its fused kernel gave second-order
+meta-gradients 7e-2 (relative, float64) off the per-task reference on torch 2.11 / H100, while this
+form agrees to 1e-14. It keeps no running statistics: every call normalises with the statistics
+of the batch it is given (transductive, as in the MAML paper), or, with ``context_size``, with those
+of the first ``context_size`` samples only (non-transductive: queries are normalised with the
+support set's statistics, so each query is classified independently of the others).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TaskBatchNorm(nn.Module):
+    """Per-channel normalisation of (B, C, ...) with a learned scale and shift, no running state."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, context_size: int | None = None) -> torch.Tensor:
+        context = x if context_size is None else x[:context_size]
+        dims = [0, *range(2, x.ndim)]
+        mean = context.mean(dim=dims, keepdim=True)
+        variance = (context - mean).pow(2).mean(dim=dims, keepdim=True)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        scale = self.weight.view(shape) * torch.rsqrt(variance + self.eps)
+        return (x - mean) * scale + self.bias.view(shape)

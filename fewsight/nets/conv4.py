@@ -1,0 +1,50 @@
+"""Conv4: the four-block backbone of the MAML and Prototypical Networks papers, with a linear head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewsight.nets.batchnorm import TaskBatchNorm
+
+
+class ConvBlock(nn.Module):
+    """3x3 convolution, batch norm, ReLU, 2x2 max-pool: halves the spatial size."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm = TaskBatchNorm(out_channels)
+
+    def forward(self, x: torch.Tensor, context_size: int | None = None) -> torch.Tensor:
+        return F.max_pool2d(F.relu(self.norm(self.conv(x), context_size)), 2)
+
+
+class Conv4(nn.Module):
+    """Four ConvBlocks then a linear classifier over `ways` classes.
+
+    64 channels for Omniglot (28x28 -> 1x1x64 features), 32 for 84x84 images (5x5x32 = 800).
+    Input (B, in_channels, size, size); output logits (B, ways).
+    """
+
+    def __init__(self, ways: int, in_channels: int = 1, hidden: int = 64, image_size: int = 28) -> None:
+        super().__init__()
+        channels = [in_channels, hidden, hidden, hidden, hidden]
+        self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(channels, channels[1:]))
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        if side < 1:
+            raise ValueError(f"image size {image_size} is too small for Conv4 (at least 16)")
+        self.feature_size = hidden * side * side
+        self.head = nn.Linear(self.feature_size, ways)
+
+    def features(self, x: torch.Tensor, context_size: int | None = None) -> torch.Tensor:
+        """Flattened backbone features (B, feature_size)."""
+        for block in self.blocks:
+            x = block(x, context_size)
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor, context_size: int | None = None) -> torch.Tensor:
+        return self.head(self.features(x, context_size))

@@ -1,0 +1,120 @@
+"""A run: its settings (config.json), how to build its data and learner, and its checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from fewsight.algorithms import ANIL, MAML, MetaLearner, MetaSGD
+from fewsight.data import LabelledImages, omniglot
+from fewsight.errors import FewsightError
+from fewsight.nets import Conv4
+
+ALGORITHMS = ("maml", "fomaml", "metasgd", "anil")
+DATASETS = ("omniglot",)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run; saved as config.json in the run folder."""
+
+    dataset: str = "omniglot"
+    protocol: str = "maml"
+    image_size: int = 28
+    algorithm: str = "maml"
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    meta_batch: int = 32
+    steps: int = 60000
+    inner_lr: float = 0.4
+    inner_steps: int = 1
+    eval_inner_steps: int = 3
+    meta_lr: float = 1e-3
+    transductive: bool = True
+    trainval: bool = False
+    seed: int = 0
+    val_every: int = 1000
+    val_episodes: int = 200
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    bf16: bool = False
+
+    def validate(self) -> None:
+        """Raise a FewsightError naming the fix for settings that cannot work."""
+        if self.algorithm not in ALGORITHMS:
+            raise FewsightError(f"unknown algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+        if self.dataset not in DATASETS:
+            raise FewsightError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        positive = ("ways", "shots", "queries", "meta_batch", "steps", "inner_steps",
+                    "eval_inner_steps", "val_every", "val_episodes", "log_every", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise FewsightError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.ways < 2:
+            raise FewsightError("--ways must be at least 2")
+        if self.image_size < 16:
+            raise FewsightError("--image-size must be at least 16 (Conv4 halves it four times)")
+        if not (self.inner_lr > 0 and self.meta_lr > 0):
+            raise FewsightError("--inner-lr and --meta-lr must be positive")
+
+    def save(self, folder: Path) -> None:
+        (folder / "config.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> RunConfig:
+        path = Path(folder) / "config.json"
+        if not path.is_file():
+            raise FewsightError(f"{folder} is not a run folder (no config.json); pass the --out of a training run")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+
+
+def load_split(config: RunConfig, split: str, data_root: str | os.PathLike | None = None) -> LabelledImages:
+    """The labelled images of one split of the run's data set."""
+    return omniglot(split, config.protocol, config.image_size, data_root)
+
+
+def build_learner(config: RunConfig) -> MetaLearner:
+    """A freshly initialised learner for the run's algorithm and backbone."""
+    hidden = 64 if config.image_size <= 32 else 32
+    model = Conv4(config.ways, in_channels=1, hidden=hidden, image_size=config.image_size)
+    options = dict(
+        inner_lr=config.inner_lr, steps=config.inner_steps, eval_steps=config.eval_inner_steps,
+        transductive=config.transductive,
+    )
+    if config.algorithm == "metasgd":
+        return MetaSGD(model, **options)
+    if config.algorithm == "anil":
+        return ANIL(model, **options)
+    return MAML(model, first_order=config.algorithm == "fomaml", **options)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """torch.save to a temporary file, flushed to disk, then renamed over `path`."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    with open(partial, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def load_checkpoint(folder: Path, device: torch.device | str = "cpu") -> dict:
+    """The run's last checkpoint, loaded without executing code (weights_only)."""
+    path = Path(folder) / "checkpoint.pt"
+    if not path.is_file():
+        raise FewsightError(f"{folder} has no checkpoint.pt yet; train it first (fewsight train --out {folder})")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_learner(folder: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, MetaLearner]:
+    """The config and the trained learner of a run folder."""
+    config = RunConfig.load(folder)
+    learner = build_learner(config).to(device)
+    learner.load_state_dict(load_checkpoint(folder, device)["learner"])
+    return config, learner
