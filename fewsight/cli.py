@@ -35,20 +35,33 @@ _HELP = {
 
 
 def _train_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("train", help="meta-train a model into a run folder",
-                                 description="Meta-train a model; writes config.json, "
-                                 "metrics.jsonl and checkpoint.pt into --out.")
+    parser = commands.add_parser(
+        "train",
+        help="meta-train a model into a run folder",
+        description="Meta-train a model; writes config.json, metrics.jsonl and checkpoint.pt into --out.",
+    )
     choices = {"dataset": DATASETS, "algorithm": ALGORITHMS, "protocol": ("maml", "lake")}
     for field in fields(RunConfig):
         if field.name not in _HELP:
             continue
         default = getattr(_DEFAULTS, field.name)
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(default), default=default,
-                            choices=choices.get(field.name), help=f"{_HELP[field.name]} (default: %(default)s)")
-    parser.add_argument("--non-transductive", action="store_true",
-                        help="normalise queries with the support set's batch statistics, not their own")
-    parser.add_argument("--trainval", action="store_true",
-                        help="train on train+val classes (the papers' protocol) and skip validation")
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=type(default),
+            default=default,
+            choices=choices.get(field.name),
+            help=f"{_HELP[field.name]} (default: %(default)s)",
+        )
+    parser.add_argument(
+        "--non-transductive",
+        action="store_true",
+        help="normalise queries with the support set's batch statistics, not their own",
+    )
+    parser.add_argument(
+        "--trainval",
+        action="store_true",
+        help="train on train+val classes (the papers' protocol) and skip validation",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs that support it)")
     parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -56,21 +69,34 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _eval_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("eval", help="accuracy of a trained run on fixed test episodes",
-                                 description="Accuracy ± 95% confidence interval on fixed episodes.")
+    parser = commands.add_parser(
+        "eval",
+        help="accuracy of a trained run on fixed test episodes",
+        description="Accuracy ± 95% confidence interval on fixed episodes.",
+    )
     parser.add_argument("run", type=Path, help="run folder written by fewsight train")
     parser.add_argument("--episodes", type=int, default=1000, help="test episodes (default: %(default)s)")
-    parser.add_argument("--split", default="test", choices=("test", "val", "train"),
-                        help="class split to draw episodes from (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fixed episodes (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=50, help="episodes evaluated at once (default: %(default)s)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "train"),
+        help="class split to draw episodes from (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the fixed episodes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=50, help="episodes evaluated at once (default: %(default)s)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     _common(parser)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-root", help="folder holding omniglot/images_*.zip "
-                        "(default: $FEWSIGHT_DATA, else ~/.cache/fewsight/data)")
+    parser.add_argument(
+        "--data-root",
+        help="folder holding omniglot/images_*.zip (default: $FEWSIGHT_DATA, else ~/.cache/fewsight/data)",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -122,12 +148,23 @@ def _run_eval(args: argparse.Namespace) -> None:
         raise FewsightError(f"no run folder at {args.run}; pass the --out of a training run")
     device = _device(args.device)
     config, learner = load_learner(args.run, device)
-    sampler = EpisodeSampler(load_split(config, args.split, args.data_root), config.ways, config.shots,
-                             config.queries, device)
+    sampler = EpisodeSampler(
+        load_split(config, args.split, args.data_root), config.ways, config.shots, config.queries, device
+    )
     accuracy = evaluate(learner, sampler, args.episodes, args.batch, args.seed, not args.quiet)
     if args.json:
-        print(json.dumps({**asdict(accuracy), "split": args.split, "seed": args.seed,
-                          "ways": config.ways, "shots": config.shots, "algorithm": config.algorithm}))
+        print(
+            json.dumps(
+                {
+                    **asdict(accuracy),
+                    "split": args.split,
+                    "seed": args.seed,
+                    "ways": config.ways,
+                    "shots": config.shots,
+                    "algorithm": config.algorithm,
+                }
+            )
+        )
     else:
         print(f"{config.algorithm} {config.ways}-way {config.shots}-shot, {args.split}: {accuracy}")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from fewsight.algorithms import ANIL, MAML, MetaLearner, MetaSGD
-from fewsight.data import LabelledImages, omniglot
+from fewsight.data import LabelledImages, load_omniglot
 from fewsight.errors import FewsightError
 from fewsight.nets import Conv4
 
@@ -50,8 +50,19 @@ class RunConfig:
             raise FewsightError(f"unknown algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}")
         if self.dataset not in DATASETS:
             raise FewsightError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
-        positive = ("ways", "shots", "queries", "meta_batch", "steps", "inner_steps",
-                    "eval_inner_steps", "val_every", "val_episodes", "log_every", "checkpoint_every")
+        positive = (
+            "ways",
+            "shots",
+            "queries",
+            "meta_batch",
+            "steps",
+            "inner_steps",
+            "eval_inner_steps",
+            "val_every",
+            "val_episodes",
+            "log_every",
+            "checkpoint_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise FewsightError(f"--{name.replace('_', '-')} must be at least 1")
@@ -69,14 +80,16 @@ class RunConfig:
     def load(cls, folder: Path) -> RunConfig:
         path = Path(folder) / "config.json"
         if not path.is_file():
-            raise FewsightError(f"{folder} is not a run folder (no config.json); pass the --out of a training run")
+            raise FewsightError(
+                f"{folder} is not a run folder (no config.json); pass the --out of a training run"
+            )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
 def load_split(config: RunConfig, split: str, data_root: str | os.PathLike | None = None) -> LabelledImages:
     """The labelled images of one split of the run's data set."""
-    return omniglot(split, config.protocol, config.image_size, data_root)
+    return load_omniglot(split, config.protocol, config.image_size, data_root)
 
 
 def build_learner(config: RunConfig) -> MetaLearner:
@@ -84,7 +97,9 @@ def build_learner(config: RunConfig) -> MetaLearner:
     hidden = 64 if config.image_size <= 32 else 32
     model = Conv4(config.ways, in_channels=1, hidden=hidden, image_size=config.image_size)
     options = dict(
-        inner_lr=config.inner_lr, steps=config.inner_steps, eval_steps=config.eval_inner_steps,
+        inner_lr=config.inner_lr,
+        steps=config.inner_steps,
+        eval_steps=config.eval_inner_steps,
         transductive=config.transductive,
     )
     if config.algorithm == "metasgd":
@@ -108,7 +123,9 @@ def load_checkpoint(folder: Path, device: torch.device | str = "cpu") -> dict:
     """The run's last checkpoint, loaded without executing code (weights_only)."""
     path = Path(folder) / "checkpoint.pt"
     if not path.is_file():
-        raise FewsightError(f"{folder} has no checkpoint.pt yet; train it first (fewsight train --out {folder})")
+        raise FewsightError(
+            f"{folder} has no checkpoint.pt yet; train it first (fewsight train --out {folder})"
+        )
     return torch.load(path, map_location=device, weights_only=True)
 
 

@@ -53,15 +53,23 @@ def train(
         config.steps = max(config.steps, steps)
         state = load_checkpoint(out, device)
     elif (out / "config.json").exists():
-        raise FewsightError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        raise FewsightError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
     else:
         state = None
     config.validate()
     train_split = "trainval" if config.trainval else "train"
-    sampler = EpisodeSampler(load_split(config, train_split, data_root), config.ways, config.shots,
-                             config.queries, device)
-    validation = None if config.trainval else EpisodeSampler(
-        load_split(config, "val", data_root), config.ways, config.shots, config.queries, device)
+    sampler = EpisodeSampler(
+        load_split(config, train_split, data_root), config.ways, config.shots, config.queries, device
+    )
+    validation = (
+        None
+        if config.trainval
+        else EpisodeSampler(
+            load_split(config, "val", data_root), config.ways, config.shots, config.queries, device
+        )
+    )
 
     torch.manual_seed(config.seed)
     learner = build_learner(config).to(device)
@@ -71,14 +79,21 @@ def train(
     if state is not None:
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())
         start = state["step"]
     out.mkdir(parents=True, exist_ok=True)
     config.save(out)
 
     def checkpoint(step: int) -> None:
-        save_atomic({"learner": learner.state_dict(), "optimizer": optimizer.state_dict(),
-                     "generator": generator.get_state(), "step": step}, out / "checkpoint.pt")
+        save_atomic(
+            {
+                "learner": learner.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "step": step,
+            },
+            out / "checkpoint.pt",
+        )
 
     metrics = open(out / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finally)
     bar = tqdm(total=config.steps, initial=start, desc="meta-training", disable=not progress)
@@ -98,8 +113,11 @@ def train(
             accuracy_sum += result.accuracy.detach()
             bar.update()
             if step % config.log_every == 0 or step == config.steps:
-                row = {"step": step, "loss": loss_sum.item() / interval_steps,
-                       "accuracy": accuracy_sum.item() / interval_steps}
+                row = {
+                    "step": step,
+                    "loss": loss_sum.item() / interval_steps,
+                    "accuracy": accuracy_sum.item() / interval_steps,
+                }
                 if not math.isfinite(row["loss"]):
                     raise FewsightError(f"the loss diverged near step {step}; lower --meta-lr or --inner-lr")
                 elapsed = time.perf_counter() - interval_start
@@ -108,13 +126,17 @@ def train(
                 loss_sum.zero_()
                 accuracy_sum.zero_()
                 if validation is not None and step % config.val_every == 0:
-                    accuracy = evaluate(learner, validation, config.val_episodes, config.meta_batch,
-                                        seed=VALIDATION_SEED)
+                    accuracy = evaluate(
+                        learner, validation, config.val_episodes, config.meta_batch, seed=VALIDATION_SEED
+                    )
                     row["val_accuracy"], row["val_ci95"] = accuracy.mean, accuracy.ci95
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
-                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}",
-                                tasks_s=f"{row['tasks_per_s']:.0f}")
+                bar.set_postfix(
+                    loss=f"{row['loss']:.3f}",
+                    acc=f"{row['accuracy']:.3f}",
+                    tasks_s=f"{row['tasks_per_s']:.0f}",
+                )
                 interval_start = time.perf_counter()
             if step % config.checkpoint_every == 0:
                 checkpoint(step)

@@ -11,8 +11,11 @@ from fewsight.algorithms.maml import MAML
 def head_parameter_names(model: nn.Module, head: str | None = None) -> list[str]:
     """Names of the head's parameters: the submodule `head`, else the last one with parameters."""
     if head is None:
-        owners = [name for name, module in model.named_modules()
-                  if any(True for _ in module.parameters(recurse=False))]
+        owners = [
+            name
+            for name, module in model.named_modules()
+            if any(True for _ in module.parameters(recurse=False))
+        ]
         head = owners[-1]
     prefix = f"{head}." if head else ""
     return [name for name, _ in model.named_parameters() if name.startswith(prefix)]

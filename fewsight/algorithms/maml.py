@@ -119,14 +119,22 @@ class MAML(MetaLearner):
         return {**params, **fast}
 
     def _task_logits(
-        self, params: Params, steps: int, support_x: torch.Tensor, support_y: torch.Tensor,
+        self,
+        params: Params,
+        steps: int,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
         query_x: torch.Tensor,
     ) -> torch.Tensor:
         adapted = self.adapt_params(params, support_x, support_y, steps)
         return self.forward_with(adapted, query_x, support_x)
 
     def _task_logits_reference(
-        self, params: Params, steps: int, support_x: torch.Tensor, support_y: torch.Tensor,
+        self,
+        params: Params,
+        steps: int,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
         query_x: torch.Tensor,
     ) -> torch.Tensor:
         """The same as `_task_logits`, written with plain autograd: the reference and fallback."""
@@ -142,7 +150,7 @@ class MAML(MetaLearner):
                 grads = torch.autograd.grad(
                     loss, list(fast.values()), create_graph=tracking and not self.first_order
                 )
-            fast = {name: fast[name] - rates[name] * g for name, g in zip(fast, grads)}
+            fast = {name: fast[name] - rates[name] * g for name, g in zip(fast, grads, strict=True)}
         return self.forward_with({**params, **fast}, query_x, support_x)
 
     def query_logits(self, batch: TaskBatch) -> torch.Tensor:

@@ -20,4 +20,4 @@ class MetaSGD(MAML):
         )
 
     def inner_rates(self) -> dict[str, torch.Tensor | float]:
-        return dict(zip(self.adapted, self.rates))
+        return dict(zip(self.adapted, self.rates, strict=True))

@@ -2,6 +2,6 @@
 
 from fewsight.data.episodes import EpisodeSampler, TaskBatch
 from fewsight.data.images import LabelledImages
-from fewsight.data.omniglot import omniglot
+from fewsight.data.omniglot import load_omniglot
 
-__all__ = ["EpisodeSampler", "LabelledImages", "TaskBatch", "omniglot"]
+__all__ = ["EpisodeSampler", "LabelledImages", "TaskBatch", "load_omniglot"]

@@ -30,9 +30,7 @@ class TaskBatch:
     def task(self, index: int) -> TaskBatch:
         """Task `index` alone, as a batch of one."""
         part = slice(index, index + 1)
-        return TaskBatch(
-            self.support_x[part], self.support_y[part], self.query_x[part], self.query_y[part]
-        )
+        return TaskBatch(self.support_x[part], self.support_y[part], self.query_x[part], self.query_y[part])
 
 
 class EpisodeSampler:

@@ -126,7 +126,7 @@ def split_characters(names: list[str], background: torch.Tensor, protocol: str) 
     return splits
 
 
-def omniglot(
+def load_omniglot(
     split: str,
     protocol: str = "maml",
     image_size: int = 28,

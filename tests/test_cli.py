@@ -1,0 +1,76 @@
+"""End to end through the command line, on the real Omniglot."""
+
+import json
+
+import pytest
+import torch
+
+from fewsight.cli import main
+
+TINY = [
+    "--meta-batch",
+    "2",
+    "--queries",
+    "2",
+    "--log-every",
+    "1",
+    "--val-every",
+    "2",
+    "--val-episodes",
+    "4",
+    "--checkpoint-every",
+    "2",
+    "--quiet",
+    "--device",
+    "cpu",
+]
+
+
+def test_train_resume_and_eval(omniglot_train, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "2", *TINY, "--out", str(run)]) == 0
+    assert main(["train", "--steps", "3", *TINY, "--out", str(run), "--resume"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    assert "val_accuracy" in rows[1]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
+    capsys.readouterr()
+    assert (
+        main(["eval", str(run), "--episodes", "6", "--batch", "4", "--json", "--quiet", "--device", "cpu"])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 6 and 0 <= result["mean"] <= 1 and result["ci95"] >= 0
+
+
+def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    main(["train", "--steps", "4", *TINY, "--out", str(whole)])
+    main(["train", "--steps", "2", *TINY, "--out", str(parts)])
+    main(["train", "--steps", "4", *TINY, "--out", str(parts), "--resume"])
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)["learner"]
+    b = torch.load(parts / "checkpoint.pt", weights_only=True)["learner"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--ways", "5000", "--out", "{tmp}/r"], "need 5000 classes"),
+        (["train", "--shots", "15", "--queries", "15", "--out", "{tmp}/r"], "at least 30 images"),
+        (["train", "--meta-batch", "0", "--out", "{tmp}/r"], "--meta-batch must be at least 1"),
+        (["eval", "{tmp}/missing"], "no run folder"),
+        (["eval", "{tmp}"], "not a run folder"),
+    ],
+)
+def test_bad_input_fails_at_once_with_the_fix(omniglot_train, tmp_path, capsys, argv, message):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+
+
+def test_unknown_algorithm_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--algorithm", "nope", "--out", "x"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
