@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Callable
 from functools import partial
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
 
 Params = dict[str, torch.Tensor]
+T = TypeVar("T")
 
 
 class AdaptedClassifier(nn.Module):
@@ -129,15 +132,10 @@ class MAML(MetaLearner):
         adapted = self.adapt_params(params, support_x, support_y, steps)
         return self.forward_with(adapted, query_x, support_x)
 
-    def _task_logits_reference(
-        self,
-        params: Params,
-        steps: int,
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
-        query_x: torch.Tensor,
-    ) -> torch.Tensor:
-        """The same as `_task_logits`, written with plain autograd: the reference and fallback."""
+    def adapt_params_reference(
+        self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int
+    ) -> Params:
+        """The same as `adapt_params`, written with plain autograd: the reference and fallback."""
         rates = self.inner_rates()
         tracking = torch.is_grad_enabled()
         fast = {name: params[name] for name in self.adapted}
@@ -151,35 +149,59 @@ class MAML(MetaLearner):
                     loss, list(fast.values()), create_graph=tracking and not self.first_order
                 )
             fast = {name: fast[name] - rates[name] * g for name, g in zip(fast, grads, strict=True)}
-        return self.forward_with({**params, **fast}, query_x, support_x)
+        if not tracking:
+            fast = {name: value.detach() for name, value in fast.items()}
+        return {**params, **fast}
 
-    def query_logits(self, batch: TaskBatch) -> torch.Tensor:
-        params = dict(self.model.named_parameters())
-        steps = self._steps()
-        inputs = (batch.support_x, batch.support_y, batch.query_x)
+    def _task_logits_reference(
+        self,
+        params: Params,
+        steps: int,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+    ) -> torch.Tensor:
+        adapted = self.adapt_params_reference(params, support_x, support_y, steps)
+        return self.forward_with(adapted, query_x, support_x)
+
+    def _with_fallback(self, transformed: Callable[[], T], reference: Callable[[], T]) -> T:
+        """Run the torch.func version unless this model needs the plain loop (see `per_task`)."""
         if not self.per_task:
-            vectorised = torch.vmap(partial(self._task_logits, params, steps), randomness="different")
             try:
-                logits = vectorised(*inputs)
+                result = transformed()
             except torch.OutOfMemoryError:
                 raise
             except RuntimeError as error:
                 if self.per_task is False:
                     raise
                 warnings.warn(
-                    f"vmap cannot take this model ({str(error).splitlines()[0]}); "
-                    "falling back to a loop over tasks (slower, same result)",
-                    stacklevel=2,
+                    f"torch.func cannot take this model ({str(error).splitlines()[0]}); "
+                    "falling back to a loop over tasks with plain autograd (slower, same result)",
+                    stacklevel=3,
                 )
                 self.per_task = True
             else:
                 self.per_task = False
-                return logits
+                return result
+        return reference()
+
+    def query_logits(self, batch: TaskBatch) -> torch.Tensor:
+        params = dict(self.model.named_parameters())
+        steps = self._steps()
+        inputs = (batch.support_x, batch.support_y, batch.query_x)
+        vectorised = torch.vmap(partial(self._task_logits, params, steps), randomness="different")
         reference = partial(self._task_logits_reference, params, steps)
-        return torch.stack([reference(*(x[t] for x in inputs)) for t in range(batch.tasks)])
+        return self._with_fallback(
+            lambda: vectorised(*inputs),
+            lambda: torch.stack([reference(*(x[t] for x in inputs)) for t in range(batch.tasks)]),
+        )
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> AdaptedClassifier:
         params = {name: p.detach() for name, p in self.model.named_parameters()}
+        steps = self._steps()
         with torch.no_grad():
-            adapted = self.adapt_params(params, support_x, support_y, self._steps())
+            adapted = self._with_fallback(
+                lambda: self.adapt_params(params, support_x, support_y, steps),
+                lambda: self.adapt_params_reference(params, support_x, support_y, steps),
+            )
         return AdaptedClassifier(self, adapted, support_x)

@@ -36,8 +36,9 @@ class TaskBatch:
 class EpisodeSampler:
     """Draws N-way K-shot tasks with Q queries per class from labelled images.
 
-    The images stay as uint8 on `device`; a meta-batch is gathered with one indexing operation and
-    scaled to [0, 1] in `dtype`. Only classes with at least K+Q images take part.
+    The images stay on `device` as they are given (uint8 is best: a quarter of the memory); a
+    meta-batch is gathered with one indexing operation and converted to `dtype` (uint8 scaled to
+    [0, 1]). Only classes with at least K+Q images take part.
     """
 
     def __init__(
@@ -83,7 +84,9 @@ class EpisodeSampler:
 
     def _gather(self, indices: torch.Tensor) -> TaskBatch:
         tasks = indices.shape[0]
-        images = self.images[indices.to(self.device)].to(self.dtype) / 255.0
+        images = self.images[indices.to(self.device)].to(self.dtype)
+        if self.images.dtype == torch.uint8:
+            images = images / 255.0
         labels = torch.arange(self.ways, device=self.device)
         support = images[:, :, : self.shots].flatten(1, 2)
         query = images[:, :, self.shots :].flatten(1, 2)

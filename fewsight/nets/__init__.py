@@ -1,6 +1,6 @@
 """Backbones usable functionally (torch.func.functional_call) with per-task batch statistics."""
 
-from fewsight.nets.batchnorm import TaskBatchNorm
+from fewsight.nets.batchnorm import TaskBatchNorm, replace_batchnorm
 from fewsight.nets.conv4 import Conv4
 
-__all__ = ["Conv4", "TaskBatchNorm"]
+__all__ = ["Conv4", "TaskBatchNorm", "replace_batchnorm"]

@@ -10,6 +10,8 @@ support set's statistics, so each query is classified independently of the other
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -31,3 +33,25 @@ class TaskBatchNorm(nn.Module):
         shape = (1, -1) + (1,) * (x.ndim - 2)
         scale = self.weight.view(shape) * torch.rsqrt(variance + self.eps)
         return (x - mean) * scale + self.bias.view(shape)
+
+
+def replace_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose torch BatchNorm layers are TaskBatchNorm with the same scale and shift.
+
+    torch's batch norm updates running statistics in place, which torch.func cannot transform
+    (fewsight then falls back to a slower loop over tasks), and its fused kernel gave wrong
+    second-order meta-gradients under vmap on a GPU. The copy normalises every batch with its own
+    statistics, as MAML does. Running statistics are dropped.
+    """
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                like = child.weight if child.affine else child.running_mean
+                replacement = TaskBatchNorm(child.num_features, child.eps)
+                if like is not None:
+                    replacement.to(device=like.device, dtype=like.dtype)
+                if child.affine:
+                    replacement.load_state_dict({"weight": child.weight, "bias": child.bias})
+                setattr(module, name, replacement)
+    return model
