@@ -1,25 +1,50 @@
 #!/usr/bin/env bash
 # The Omniglot runs behind docs/RESULTS.md, side by side on one GPU, each stopped (with a
 # checkpoint) after $SECONDS_PER_CALL seconds so that they resume across calls of a time-limited
-# machine. Usage: benchmarks/omniglot_results.sh RUNS_DIR [--resume]
+# machine, then evaluated on 1,000 test episodes.
+# Usage: benchmarks/omniglot_results.sh {maml-family|model-based} RUNS_DIR [--resume]
 set -u
-runs=${1:?RUNS_DIR}; resume=${2:-}
+family=${1:?family}; runs=${2:?RUNS_DIR}; resume=${3:-}
 limit=${SECONDS_PER_CALL:-480}
 common=(--dataset omniglot --protocol maml --trainval --steps 60000 --queries 15 --log-every 100
         --checkpoint-every 500 --quiet)
+names=()
 launch() {  # name, flags...
   local name=$1; shift
+  names+=("$name")
   timeout -s INT "$limit" python3 -m fewsight train "${common[@]}" "$@" --out "$runs/$name" $resume \
     >"$runs/$name.log" 2>&1 &
 }
 mkdir -p "$runs"
-# MAML paper settings: 5-way with 1 inner step of 0.4 and 32 tasks, tested with 3 steps;
-# 20-way with 5 inner steps of 0.1 and 16 tasks, tested with 5 steps.
-launch maml-5w1s --algorithm maml --ways 5 --shots 1 --meta-batch 32 --inner-lr 0.4 --inner-steps 1 --eval-inner-steps 3
-launch maml-20w1s --algorithm maml --ways 20 --shots 1 --meta-batch 16 --inner-lr 0.1 --inner-steps 5 --eval-inner-steps 5
-launch fomaml-5w1s --algorithm fomaml --ways 5 --shots 1 --meta-batch 32 --inner-lr 0.4 --inner-steps 1 --eval-inner-steps 3
-launch metasgd-5w1s --algorithm metasgd --ways 5 --shots 1 --meta-batch 32 --inner-lr 0.4 --inner-steps 1 --eval-inner-steps 3
-launch anil-5w1s --algorithm anil --ways 5 --shots 1 --meta-batch 32 --inner-lr 0.4 --inner-steps 1 --eval-inner-steps 3
+five=(--ways 5 --shots 1 --meta-batch 32)
+twenty=(--ways 20 --shots 1 --meta-batch 16)
+case $family in
+  maml-family)
+    # MAML paper settings: 5-way with 1 inner step of 0.4, tested with 3 steps;
+    # 20-way with 5 inner steps of 0.1, tested with 5 steps.
+    gradient5=(--inner-lr 0.4 --inner-steps 1 --eval-inner-steps 3)
+    launch maml-5w1s --algorithm maml "${five[@]}" "${gradient5[@]}"
+    launch maml-20w1s --algorithm maml "${twenty[@]}" --inner-lr 0.1 --inner-steps 5 --eval-inner-steps 5
+    launch fomaml-5w1s --algorithm fomaml "${five[@]}" "${gradient5[@]}"
+    launch metasgd-5w1s --algorithm metasgd "${five[@]}" "${gradient5[@]}"
+    launch anil-5w1s --algorithm anil "${five[@]}" "${gradient5[@]}"
+    ;;
+  model-based)
+    for algorithm in protonet weightpred hypernet; do
+      launch "$algorithm-5w1s" --algorithm "$algorithm" "${five[@]}"
+      launch "$algorithm-20w1s" --algorithm "$algorithm" "${twenty[@]}"
+    done
+    launch leo-5w1s --algorithm leo "${five[@]}" --inner-steps 5 --inner-lr 1.0
+    launch leo-20w1s --algorithm leo "${twenty[@]}" --inner-steps 5 --inner-lr 1.0
+    ;;
+  *) echo "unknown family $family" >&2; exit 2 ;;
+esac
 wait
-for log in "$runs"/*.log; do echo "== $log"; tail -c 400 "$log"; done
-for run in "$runs"/*/; do echo "== $run"; tail -n 1 "$run/metrics.jsonl"; done
+for name in "${names[@]}"; do
+  python3 -m fewsight eval "$runs/$name" --episodes 1000 --json --quiet >"$runs/$name.eval.json" 2>>"$runs/$name.log" &
+done
+wait
+for name in "${names[@]}"; do
+  echo "== $name: $(tail -n 1 "$runs/$name/metrics.jsonl")"
+  cat "$runs/$name.eval.json"; tail -c 300 "$runs/$name.log"; echo
+done

@@ -1,6 +1,19 @@
 """fewsight: few-shot visual recognition by meta-learning, vectorised over tasks with torch.func."""
 
-from fewsight.algorithms import ANIL, MAML, AdaptedClassifier, MetaLearner, MetaLoss, MetaSGD
+from fewsight.algorithms import (
+    ANIL,
+    LEO,
+    MAML,
+    AdaptedClassifier,
+    MetaLearner,
+    MetaLoss,
+    MetaSGD,
+    ParameterPredictor,
+    PredictedClassifier,
+    ProtoNet,
+    TaskHypernetwork,
+    WeightPrediction,
+)
 from fewsight.data import EpisodeSampler, LabelledImages, TaskBatch, load_omniglot
 from fewsight.errors import FewsightError
 from fewsight.evaluate import Accuracy, evaluate
@@ -8,6 +21,7 @@ from fewsight.nets import Conv4, TaskBatchNorm
 
 __all__ = [
     "ANIL",
+    "LEO",
     "MAML",
     "Accuracy",
     "AdaptedClassifier",
@@ -18,8 +32,13 @@ __all__ = [
     "MetaLearner",
     "MetaLoss",
     "MetaSGD",
+    "ParameterPredictor",
+    "PredictedClassifier",
+    "ProtoNet",
     "TaskBatch",
     "TaskBatchNorm",
+    "TaskHypernetwork",
+    "WeightPrediction",
     "evaluate",
     "load_omniglot",
 ]

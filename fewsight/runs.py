@@ -9,12 +9,23 @@ from pathlib import Path
 
 import torch
 
-from fewsight.algorithms import ANIL, MAML, MetaLearner, MetaSGD
+from fewsight.algorithms import (
+    ANIL,
+    LEO,
+    MAML,
+    MetaLearner,
+    MetaSGD,
+    ProtoNet,
+    TaskHypernetwork,
+    WeightPrediction,
+)
 from fewsight.data import LabelledImages, load_omniglot
 from fewsight.errors import FewsightError
 from fewsight.nets import Conv4
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "anil")
+GRADIENT_BASED = ("maml", "fomaml", "metasgd", "anil")
+MODEL_BASED = ("protonet", "weightpred", "hypernet", "leo")
+ALGORITHMS = GRADIENT_BASED + MODEL_BASED
 DATASETS = ("omniglot",)
 
 
@@ -35,6 +46,8 @@ class RunConfig:
     inner_steps: int = 1
     eval_inner_steps: int = 3
     meta_lr: float = 1e-3
+    base_mix: float = 0.0
+    base_classes: int = 0
     transductive: bool = True
     trainval: bool = False
     seed: int = 0
@@ -72,6 +85,10 @@ class RunConfig:
             raise FewsightError("--image-size must be at least 16 (Conv4 halves it four times)")
         if not (self.inner_lr > 0 and self.meta_lr > 0):
             raise FewsightError("--inner-lr and --meta-lr must be positive")
+        if not 0 <= self.base_mix <= 1:
+            raise FewsightError("--base-mix is a probability: use a value in [0, 1]")
+        if self.base_mix > 0 and self.algorithm != "weightpred":
+            raise FewsightError("--base-mix applies to --algorithm weightpred only")
 
     def save(self, folder: Path) -> None:
         (folder / "config.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -95,18 +112,31 @@ def load_split(config: RunConfig, split: str, data_root: str | os.PathLike | Non
 def build_learner(config: RunConfig) -> MetaLearner:
     """A freshly initialised learner for the run's algorithm and backbone."""
     hidden = 64 if config.image_size <= 32 else 32
-    model = Conv4(config.ways, in_channels=1, hidden=hidden, image_size=config.image_size)
+    ways = None if config.algorithm in MODEL_BASED else config.ways
+    backbone = Conv4(ways, in_channels=1, hidden=hidden, image_size=config.image_size)
+    size, transductive = backbone.feature_size, config.transductive
+    if config.algorithm == "protonet":
+        return ProtoNet(backbone, transductive)
+    if config.algorithm == "weightpred":
+        return WeightPrediction(backbone, size, config.base_classes, config.base_mix, transductive)
+    if config.algorithm == "hypernet":
+        task_encoder = Conv4(None, in_channels=1, hidden=hidden // 2, image_size=config.image_size)
+        return TaskHypernetwork(backbone, task_encoder, task_encoder.feature_size, transductive)
+    if config.algorithm == "leo":
+        return LEO(
+            backbone, size, steps=config.inner_steps, inner_lr=config.inner_lr, transductive=transductive
+        )
     options = dict(
         inner_lr=config.inner_lr,
         steps=config.inner_steps,
         eval_steps=config.eval_inner_steps,
-        transductive=config.transductive,
+        transductive=transductive,
     )
     if config.algorithm == "metasgd":
-        return MetaSGD(model, **options)
+        return MetaSGD(backbone, **options)
     if config.algorithm == "anil":
-        return ANIL(model, **options)
-    return MAML(model, first_order=config.algorithm == "fomaml", **options)
+        return ANIL(backbone, **options)
+    return MAML(backbone, first_order=config.algorithm == "fomaml", **options)
 
 
 def save_atomic(state: dict, path: Path) -> None:

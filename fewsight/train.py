@@ -71,6 +71,8 @@ def train(
         )
     )
 
+    if config.base_mix > 0:
+        config.base_classes = sampler.num_classes  # one stored weight vector per training class
     torch.manual_seed(config.seed)
     learner = build_learner(config).to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr)

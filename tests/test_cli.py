@@ -74,3 +74,13 @@ def test_unknown_algorithm_is_refused_by_the_parser(capsys):
         main(["train", "--algorithm", "nope", "--out", "x"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["fomaml", "metasgd", "anil", "protonet", "weightpred", "hypernet", "leo"]
+)
+def test_every_algorithm_trains_and_evaluates_from_the_cli(omniglot_train, tmp_path, algorithm):
+    run = tmp_path / algorithm
+    extra = ["--base-mix", "0.5"] if algorithm == "weightpred" else []
+    assert main(["train", "--algorithm", algorithm, "--steps", "2", *TINY, *extra, "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--episodes", "4", "--batch", "4", "--quiet", "--device", "cpu"]) == 0

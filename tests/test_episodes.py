@@ -18,7 +18,7 @@ def test_batch_shapes_and_labels(omniglot_train):
 
 def test_tasks_draw_distinct_classes_and_images(omniglot_train):
     sampler = EpisodeSampler(omniglot_train, ways=5, shots=1, queries=4)
-    indices = sampler._draw_indices(64, torch.Generator().manual_seed(3))
+    _, indices = sampler._draw_indices(64, torch.Generator().manual_seed(3))
     classes = omniglot_train.labels[indices]  # (T, N, K+Q)
     assert (classes == classes[..., :1]).all(), "a label mixes classes"
     per_task = classes[..., 0]

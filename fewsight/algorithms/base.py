@@ -37,7 +37,10 @@ class MetaLearner(nn.Module):
 
     def meta_loss(self, batch: TaskBatch) -> MetaLoss:
         """Query loss after adaptation, averaged over the tasks: call `.backward()` on `.loss`."""
-        logits = self.query_logits(batch)
+        return self._loss_and_accuracy(self.query_logits(batch), batch)
+
+    @staticmethod
+    def _loss_and_accuracy(logits: torch.Tensor, batch: TaskBatch) -> MetaLoss:
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
         accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
         return MetaLoss(loss, accuracy)

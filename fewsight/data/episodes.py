@@ -15,13 +15,22 @@ from fewsight.errors import FewsightError
 class TaskBatch:
     """T tasks of N ways: support (T, N*K, C, H, W) with labels (T, N*K), query (T, N*Q, ...).
 
-    Labels are 0..N-1; which class gets which label is random in every task.
+    Labels are 0..N-1; which class gets which label is random in every task. `classes` (T, N), when
+    known, holds the sampler's index of the class behind each label (for base-class training).
     """
 
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
+    classes: torch.Tensor | None = None
+
+    @property
+    def ways(self) -> int:
+        """N, read from the shapes when the classes are known (no device sync), else the labels."""
+        if self.classes is not None:
+            return self.classes.shape[1]
+        return int(self.support_y.max()) + 1
 
     @property
     def tasks(self) -> int:
@@ -71,8 +80,13 @@ class EpisodeSampler:
         self.counts = counts[eligible]
         self.table = order[table.clamp(max=len(order) - 1)]
 
-    def _draw_indices(self, tasks: int, generator: torch.Generator) -> torch.Tensor:
-        """Image indices (T, N, K+Q), drawn without replacement, on the generator's device."""
+    @property
+    def num_classes(self) -> int:
+        """Classes that take part (those with at least K+Q images)."""
+        return len(self.counts)
+
+    def _draw_indices(self, tasks: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classes (T, N) and image indices (T, N, K+Q), drawn without replacement."""
         device = generator.device
         table, counts = self.table.to(device), self.counts.to(device)
         classes = torch.rand(tasks, len(counts), generator=generator, device=device)
@@ -80,9 +94,9 @@ class EpisodeSampler:
         scores = torch.rand(tasks, self.ways, table.shape[1], generator=generator, device=device)
         scores = scores.masked_fill(torch.arange(table.shape[1], device=device) >= counts[classes, None], 2.0)
         positions = scores.argsort(dim=2)[:, :, : self.shots + self.queries]
-        return table[classes[..., None], positions]
+        return classes, table[classes[..., None], positions]
 
-    def _gather(self, indices: torch.Tensor) -> TaskBatch:
+    def _gather(self, classes: torch.Tensor, indices: torch.Tensor) -> TaskBatch:
         tasks = indices.shape[0]
         images = self.images[indices.to(self.device)].to(self.dtype)
         if self.images.dtype == torch.uint8:
@@ -95,6 +109,7 @@ class EpisodeSampler:
             labels.repeat_interleave(self.shots).expand(tasks, -1),
             query,
             labels.repeat_interleave(self.queries).expand(tasks, -1),
+            classes.to(self.device),
         )
 
     def generator(self, seed: int) -> torch.Generator:
@@ -103,10 +118,10 @@ class EpisodeSampler:
 
     def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
         """A meta-batch of `tasks` random tasks."""
-        return self._gather(self._draw_indices(tasks, generator))
+        return self._gather(*self._draw_indices(tasks, generator))
 
     def fixed_episodes(self, count: int, batch: int, seed: int) -> Iterator[TaskBatch]:
         """The same `count` tasks for a given seed on any device, in meta-batches of `batch`."""
         generator = torch.Generator().manual_seed(seed)
         for start in range(0, count, batch):
-            yield self._gather(self._draw_indices(min(batch, count - start), generator))
+            yield self._gather(*self._draw_indices(min(batch, count - start), generator))

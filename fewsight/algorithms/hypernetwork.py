@@ -1,0 +1,60 @@
+"""A task-conditioned hypernetwork in the spirit of CNAPs (Requeima et al. 2019): a permutation-
+invariant set encoder reads the whole support set and outputs a feature-wise scale and shift for
+every block of the backbone, so that the backbone itself is conditioned on the task; the head's
+weights are then predicted from the class means of the conditioned features. No inner-loop
+gradients: one forward pass adapts the model to a task."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fewsight.algorithms.predictor import Head, ParameterPredictor, class_means
+from fewsight.nets import Conv4
+
+
+class TaskHypernetwork(ParameterPredictor):
+    """FiLM-conditioned Conv4 backbone plus a predicted linear head.
+
+    Args:
+        backbone: the Conv4 (with `ways=None`) whose blocks are conditioned.
+        task_encoder: maps images to features (B, E); their mean over the support set is the task's
+            representation (a set encoder: invariant to the order of the support images).
+        task_size: E.
+    """
+
+    def __init__(
+        self, backbone: Conv4, task_encoder: nn.Module, task_size: int, transductive: bool = True
+    ) -> None:
+        super().__init__(backbone, transductive)
+        self.task_encoder = task_encoder
+        channels = backbone.channels
+        self.films = nn.ModuleList(nn.Linear(task_size, 2 * channels) for _ in backbone.blocks)
+        size = backbone.feature_size
+        self.weight_correction = nn.Sequential(nn.Linear(size, size), nn.ReLU(), nn.Linear(size, size))
+        self.bias_correction = nn.Sequential(nn.Linear(size, size), nn.ReLU(), nn.Linear(size, 1))
+        for generator in [*self.films, self.weight_correction[-1], self.bias_correction[-1]]:
+            nn.init.zeros_(generator.weight)  # start as prototypical networks on an unconditioned backbone
+            nn.init.zeros_(generator.bias)
+
+    def _films(self, task: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        scales_shifts = [film(task).chunk(2) for film in self.films]
+        return [(1 + scale, shift) for scale, shift in scales_shifts]
+
+    def task_head(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Head:
+        task = self.task_encoder(support_x).mean(0)  # (E,): the permutation-invariant set encoding
+        films = self._films(task)
+        means = class_means(self.encoder.features(support_x, films=films), support_y, ways)
+        # Prototypical networks' head (2·m, -|m|²) plus learned corrections.
+        weights = 2 * means + self.weight_correction(means)
+        bias = -means.pow(2).sum(-1) + self.bias_correction(means).squeeze(-1)
+        return {"task": task, "weights": weights, "bias": bias}
+
+    def task_logits(self, head: Head, x: torch.Tensor, support_x: torch.Tensor) -> torch.Tensor:
+        films = self._films(head["task"])
+        if self.transductive:
+            features = self.encoder.features(x, films=films)
+        else:
+            joint = torch.cat([support_x, x])
+            features = self.encoder.features(joint, support_x.shape[0], films)[support_x.shape[0] :]
+        return features @ head["weights"].T + head["bias"] - features.pow(2).sum(-1, keepdim=True)

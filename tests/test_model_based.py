@@ -1,0 +1,93 @@
+"""The model-based family: shapes, set invariance, batched = per-task, learning on real episodes."""
+
+import pytest
+import torch
+
+import fewsight
+from fewsight.nets import Conv4
+
+
+def make(name: str, base_classes: int = 0) -> fewsight.ParameterPredictor:
+    backbone = Conv4(None)
+    if name == "protonet":
+        return fewsight.ProtoNet(backbone)
+    if name == "weightpred":
+        return fewsight.WeightPrediction(
+            backbone, 64, base_classes=base_classes, base_mix=0.5 * (base_classes > 0)
+        )
+    if name == "hypernet":
+        return fewsight.TaskHypernetwork(backbone, Conv4(None, hidden=32), 32)
+    return fewsight.LEO(backbone, 64, steps=2)
+
+
+NAMES = ["protonet", "weightpred", "hypernet", "leo"]
+
+
+@pytest.fixture(scope="module")
+def batch64(omniglot_train):
+    sampler = fewsight.EpisodeSampler(omniglot_train, ways=5, shots=2, queries=3, dtype=torch.float64)
+    return sampler.sample(3, sampler.generator(0))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batched_logits_equal_the_per_task_classifier(batch64, name):
+    torch.manual_seed(0)
+    learner = make(name).double().eval()
+    with torch.no_grad():
+        batched = learner.query_logits(batch64)
+    assert batched.shape == (3, 15, 5)
+    for task in range(3):
+        classifier = learner.adapt(batch64.support_x[task], batch64.support_y[task])
+        torch.testing.assert_close(classifier(batch64.query_x[task]), batched[task])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_support_set_order_does_not_matter(batch64, name):
+    torch.manual_seed(0)
+    learner = make(name).double().eval()
+    support_x, support_y, queries = batch64.support_x[0], batch64.support_y[0], batch64.query_x[0]
+    order = torch.randperm(len(support_y))
+    first = learner.adapt(support_x, support_y)(queries)
+    shuffled = learner.adapt(support_x[order], support_y[order])(queries)
+    torch.testing.assert_close(first, shuffled)
+
+
+def test_hypernetwork_conditions_the_backbone_on_the_task(batch64):
+    torch.manual_seed(0)
+    learner = make("hypernet").double().eval()
+    for film in learner.films:  # leave the zero start: make the generated scale and shift matter
+        torch.nn.init.normal_(film.weight, std=0.1)
+    heads, _ = learner.heads_and_logits(batch64)
+    scales = [learner._films(task)[0][0] for task in heads["task"]]
+    assert not torch.allclose(scales[0], scales[1])
+
+
+def test_weight_prediction_mixes_in_base_class_weights(omniglot_train):
+    sampler = fewsight.EpisodeSampler(omniglot_train, ways=5, shots=1, queries=2)
+    batch = sampler.sample(4, sampler.generator(0))
+    learner = make("weightpred", base_classes=sampler.num_classes)
+    learner.meta_loss(batch).loss.backward()
+    touched = learner.base_weights.grad.abs().sum(1) > 0
+    assert touched.any()
+    assert set(torch.nonzero(touched).flatten().tolist()) <= set(batch.classes.flatten().tolist())
+    learner.eval()  # at test time the weights are predicted only
+    learner.base_weights.grad = None
+    learner.meta_loss(batch).loss.backward()
+    assert learner.base_weights.grad is None or learner.base_weights.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_few_steps_lower_the_loss(omniglot_train, name):
+    torch.manual_seed(0)
+    learner = make(name)
+    sampler = fewsight.EpisodeSampler(omniglot_train, ways=5, shots=1, queries=5)
+    batch = sampler.sample(4, sampler.generator(1))
+    optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = learner.meta_loss(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
