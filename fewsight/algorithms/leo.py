@@ -53,6 +53,8 @@ class LEO(ParameterPredictor):
             nn.Linear(2 * latent, 2 * latent), nn.ReLU(), nn.Linear(2 * latent, 2 * latent)
         )
         self.decode = nn.Linear(latent, 2 * feature_size)
+        for layer in (self.relation[-1], self.decode):  # start nearly deterministic: small std
+            nn.init.constant_(layer.bias[layer.out_features // 2 :], -5.0)
         self.inner_lr = nn.Parameter(torch.tensor(float(inner_lr)))
 
     def _weights(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
