@@ -15,7 +15,7 @@ _DEFAULTS = RunConfig()
 _HELP = {
     "dataset": "data set to meta-train on",
     "protocol": "class split of the data set: maml (1,200 training characters with rotations) or lake",
-    "image_size": "images are resized to this square size",
+    "image_size": "images are resized to this square size (default: 28 for omniglot, 84 for miniimagenet)",
     "algorithm": "meta-learning algorithm",
     "ways": "classes per task (N)",
     "shots": "labelled support images per class (K)",
@@ -46,12 +46,13 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         if field.name not in _HELP:
             continue
         default = getattr(_DEFAULTS, field.name)
+        shown = "" if field.name == "image_size" else " (default: %(default)s)"
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
             type=type(default),
-            default=default,
+            default=None if field.name == "image_size" else default,
             choices=choices.get(field.name),
-            help=f"{_HELP[field.name]} (default: %(default)s)",
+            help=_HELP[field.name] + shown,
         )
     parser.add_argument(
         "--non-transductive",
@@ -75,7 +76,9 @@ def _eval_parser(commands: argparse._SubParsersAction) -> None:
         help="accuracy of a trained run on fixed test episodes",
         description="Accuracy ± 95% confidence interval on fixed episodes.",
     )
-    parser.add_argument("run", type=Path, help="run folder written by fewsight train")
+    parser.add_argument("run", help="run folder written by fewsight train, or a bundled model name")
+    for name in ("ways", "shots", "queries"):
+        parser.add_argument(f"--{name}", type=int, help=f"{name} per test task (default: the run's)")
     parser.add_argument("--episodes", type=int, default=1000, help="test episodes (default: %(default)s)")
     parser.add_argument(
         "--split",
@@ -96,10 +99,38 @@ def _eval_parser(commands: argparse._SubParsersAction) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-root",
-        help="folder holding omniglot/images_*.zip (default: $FEWSIGHT_DATA, else ~/.cache/fewsight/data)",
+        help="folder holding omniglot/images_*.zip or miniimagenet/ (images/ and the split csv files) "
+        "(default: $FEWSIGHT_DATA, else ~/.cache/fewsight/data)",
     )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _predict_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "predict",
+        help="classify images with a model adapted to a support folder",
+        description="Adapt MODEL to the classes in --support (one subfolder of a few images per class) "
+        "and print each query's predicted class and probability. MODEL is a run folder, a bundled model "
+        "(e.g. omniglot) or a file written by fewsight export (then --support is not needed).",
+    )
+    parser.add_argument("model", help="run folder, bundled model name, or exported classifier file")
+    parser.add_argument("--support", type=Path, help="folder with one subfolder of images per class")
+    parser.add_argument("--query", type=Path, nargs="+", required=True, help="query image files or folders")
+    parser.add_argument("--csv", type=Path, help="write the predictions to this CSV file instead")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
+def _export_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="save a model adapted to a support folder as one small classifier file",
+        description="Adapt MODEL to --support and save the classifier; fewsight predict FILE reads it.",
+    )
+    parser.add_argument("model", help="run folder or bundled model name")
+    parser.add_argument("--support", type=Path, required=True, help="folder with one subfolder per class")
+    parser.add_argument("--out", type=Path, required=True, help="file to write")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _train_parser(commands)
     _eval_parser(commands)
+    _predict_parser(commands)
+    _export_parser(commands)
     return parser
 
 
@@ -129,9 +162,12 @@ def _device(name: str | None):
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    from fewsight.runs import DEFAULT_IMAGE_SIZE
     from fewsight.train import train
 
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    if values["image_size"] is None:
+        values["image_size"] = DEFAULT_IMAGE_SIZE[args.dataset]
     config = RunConfig(**{**values, "transductive": not args.non_transductive})
     config.validate()
     out = train(config, args.out, args.data_root, _device(args.device), args.resume, not args.quiet)
@@ -141,39 +177,89 @@ def _run_train(args: argparse.Namespace) -> None:
 def _run_eval(args: argparse.Namespace) -> None:
     from fewsight.data import EpisodeSampler
     from fewsight.evaluate import evaluate
-    from fewsight.runs import load_learner, load_split
+    from fewsight.models import load_model, max_ways, resolve_run
+    from fewsight.runs import load_split
 
     if args.episodes < 1 or args.batch < 1:
         raise FewsightError("--episodes and --batch must be at least 1")
-    if not args.run.is_dir():
-        raise FewsightError(f"no run folder at {args.run}; pass the --out of a training run")
+    run = Path(args.run)
+    if not run.exists() and args.run not in _bundled():
+        raise FewsightError(f"no run folder at {run}; pass the --out of a training run or a bundled model")
     device = _device(args.device)
-    config, learner = load_learner(args.run, device)
-    sampler = EpisodeSampler(
-        load_split(config, args.split, args.data_root), config.ways, config.shots, config.queries, device
-    )
+    config, learner = load_model(resolve_run(args.run), device)
+    ways = args.ways or config.ways
+    if max_ways(config) not in (None, ways):
+        raise FewsightError(f"this {config.algorithm} model takes exactly {config.ways} ways; drop --ways")
+    shots, queries = args.shots or config.shots, args.queries or config.queries
+    data = load_split(config, args.split, args.data_root)
+    sampler = EpisodeSampler(data, ways, shots, queries, device)
     accuracy = evaluate(learner, sampler, args.episodes, args.batch, args.seed, not args.quiet)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    **asdict(accuracy),
-                    "split": args.split,
-                    "seed": args.seed,
-                    "ways": config.ways,
-                    "shots": config.shots,
-                    "algorithm": config.algorithm,
-                }
-            )
-        )
+        details = {"split": args.split, "seed": args.seed, "ways": ways, "shots": shots}
+        print(json.dumps({**asdict(accuracy), **details, "algorithm": config.algorithm}))
     else:
-        print(f"{config.algorithm} {config.ways}-way {config.shots}-shot, {args.split}: {accuracy}")
+        print(f"{config.algorithm} {ways}-way {shots}-shot, {args.split}: {accuracy}")
+
+
+def _bundled() -> list[str]:
+    from fewsight.models import bundled_names
+
+    return bundled_names()
+
+
+def _adapted(args: argparse.Namespace):
+    """Config, classifier and class names: from an exported file, or a model adapted to --support."""
+    from fewsight.models import load_exported, load_model, max_ways
+    from fewsight.predict import read_support
+
+    device = _device(args.device)
+    if Path(args.model).is_file():
+        if getattr(args, "support", None) is not None:
+            raise FewsightError(f"{args.model} is an exported classifier with its classes; drop --support")
+        return load_exported(Path(args.model), device)
+    if args.support is None:
+        raise FewsightError("pass --support DIR: one subfolder of a few images per class")
+    config, learner = load_model(args.model, device)
+    support_x, support_y, names = read_support(args.support, config, max_ways(config))
+    return config, learner.adapt(support_x.to(device), support_y.to(device)), names
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    import csv
+
+    from fewsight.predict import predict, query_paths
+
+    config, classifier, names = _adapted(args)
+    predictions = predict(classifier, query_paths(args.query), config, names)
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "predicted", "probability", *(f"p_{n}" for n in names)])
+            for p in predictions:
+                writer.writerow(
+                    [p.path, p.predicted, f"{p.probability:.4f}", *(f"{v:.4f}" for v in p.probabilities)]
+                )
+        print(f"wrote {len(predictions)} predictions to {args.csv}")
+    else:
+        for p in predictions:
+            print(f"{p.path}\t{p.predicted}\t{p.probability:.3f}")
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from fewsight.models import export_classifier
+
+    if Path(args.model).is_file():
+        raise FewsightError(f"{args.model} is already an exported classifier")
+    config, classifier, names = _adapted(args)
+    export_classifier(config, classifier.learner, classifier, names, args.out)
+    print(f"exported a {len(names)}-class classifier to {args.out} ({args.out.stat().st_size // 1024} KiB)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": _run_train, "eval": _run_eval}[args.command](args)
+        commands = {"train": _run_train, "eval": _run_eval, "predict": _run_predict, "export": _run_export}
+        commands[args.command](args)
     except FewsightError as error:
         print(f"fewsight: error: {error}", file=sys.stderr)
         return 2

@@ -20,13 +20,16 @@ from fewsight.algorithms import (
     WeightPrediction,
 )
 from fewsight.data import LabelledImages, load_omniglot
+from fewsight.data.miniimagenet import load_miniimagenet
 from fewsight.errors import FewsightError
 from fewsight.nets import Conv4
 
 GRADIENT_BASED = ("maml", "fomaml", "metasgd", "anil")
 MODEL_BASED = ("protonet", "weightpred", "hypernet", "leo")
 ALGORITHMS = GRADIENT_BASED + MODEL_BASED
-DATASETS = ("omniglot",)
+DATASETS = ("omniglot", "miniimagenet")
+CHANNELS = {"omniglot": 1, "miniimagenet": 3}
+DEFAULT_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84}
 
 
 @dataclass
@@ -105,22 +108,28 @@ class RunConfig:
 
 
 def load_split(config: RunConfig, split: str, data_root: str | os.PathLike | None = None) -> LabelledImages:
-    """The labelled images of one split of the run's data set."""
-    return load_omniglot(split, config.protocol, config.image_size, data_root)
+    """The labelled images of one split of the run's data set ("trainval": train and val classes)."""
+    if config.dataset == "omniglot":
+        return load_omniglot(split, config.protocol, config.image_size, data_root)
+    if split == "trainval":
+        return load_split(config, "train", data_root).concat(load_split(config, "val", data_root))
+    return load_miniimagenet(split, config.image_size, data_root)
 
 
 def build_learner(config: RunConfig) -> MetaLearner:
     """A freshly initialised learner for the run's algorithm and backbone."""
-    hidden = 64 if config.image_size <= 32 else 32
+    # 64 channels, except for the MAML family on large images (32, as in the MAML paper).
+    hidden = 64 if config.image_size <= 32 or config.algorithm in MODEL_BASED else 32
     ways = None if config.algorithm in MODEL_BASED else config.ways
-    backbone = Conv4(ways, in_channels=1, hidden=hidden, image_size=config.image_size)
+    channels = CHANNELS[config.dataset]
+    backbone = Conv4(ways, in_channels=channels, hidden=hidden, image_size=config.image_size)
     size, transductive = backbone.feature_size, config.transductive
     if config.algorithm == "protonet":
         return ProtoNet(backbone, transductive)
     if config.algorithm == "weightpred":
         return WeightPrediction(backbone, size, config.base_classes, config.base_mix, transductive)
     if config.algorithm == "hypernet":
-        task_encoder = Conv4(None, in_channels=1, hidden=hidden // 2, image_size=config.image_size)
+        task_encoder = Conv4(None, in_channels=channels, hidden=hidden // 2, image_size=config.image_size)
         return TaskHypernetwork(backbone, task_encoder, task_encoder.feature_size, transductive)
     if config.algorithm == "leo":
         return LEO(

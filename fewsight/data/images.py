@@ -35,6 +35,13 @@ class LabelledImages:
         """Count of images of each class, (num_classes,)."""
         return torch.bincount(self.labels, minlength=self.num_classes)
 
+    def concat(self, other: LabelledImages) -> LabelledImages:
+        """Both sets' images, with `other`'s classes numbered after this one's."""
+        labels = torch.cat([self.labels, other.labels + self.num_classes])
+        return LabelledImages(
+            torch.cat([self.images, other.images]), labels, self.class_names + other.class_names
+        )
+
     @classmethod
     def from_tensors(cls, images: torch.Tensor, labels: torch.Tensor) -> LabelledImages:
         """From images (M, C, H, W) and any integer labels (M,), renumbered 0..classes-1."""

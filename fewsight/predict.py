@@ -1,0 +1,92 @@
+"""Classify a user's images: a support folder (one subfolder of a few images per class) and queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fewsight.data.decode import decode_image
+from fewsight.errors import FewsightError
+from fewsight.runs import CHANNELS, RunConfig
+
+
+@dataclass
+class Prediction:
+    """One query's predicted class, its probability, and all class probabilities."""
+
+    path: Path
+    predicted: str
+    probability: float
+    probabilities: list[float]
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def load_images(paths: list[Path], config: RunConfig) -> torch.Tensor:
+    """Images as the model expects them: (B, C, size, size) floats in [0, 1], in the data set's form.
+
+    Omniglot models see bright strokes on a dark background, so pen on paper is inverted.
+    """
+    channels = CHANNELS[config.dataset]
+    images = torch.stack([torch.from_numpy(decode_image(p, config.image_size, channels)) for p in paths])
+    if config.dataset == "omniglot":
+        images = 255 - images
+    return images.to(torch.get_default_dtype()) / 255
+
+
+def read_support(
+    folder: Path, config: RunConfig, max_ways: int | None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Support images (S, C, H, W), labels (S,) and class names from one subfolder per class."""
+    if not folder.is_dir():
+        raise FewsightError(f"--support {folder} is not a folder; make one subfolder per class inside it")
+    classes = [p for p in _visible(folder) if p.is_dir()]
+    if len(classes) < 2:
+        raise FewsightError(f"{folder} must hold at least 2 class subfolders, found {len(classes)}")
+    if max_ways is not None and len(classes) != max_ways:
+        raise FewsightError(
+            f"this model takes exactly {max_ways} classes and {folder} has {len(classes)}; "
+            "use as many class folders, or a model-based model (e.g. the bundled omniglot) for any number"
+        )
+    paths, labels = [], []
+    for label, class_folder in enumerate(classes):
+        files = [p for p in _visible(class_folder) if p.is_file()]
+        if not files:
+            raise FewsightError(f"class folder {class_folder} holds no images; add a few or remove it")
+        paths += files
+        labels += [label] * len(files)
+    return load_images(paths, config), torch.tensor(labels), [c.name for c in classes]
+
+
+def query_paths(queries: list[Path]) -> list[Path]:
+    """Query files: each path given, or the files inside each folder given."""
+    found = []
+    for query in queries:
+        if query.is_dir():
+            found += [p for p in _visible(query) if p.is_file()]
+        elif query.is_file():
+            found.append(query)
+        else:
+            raise FewsightError(f"query {query} does not exist")
+    if not found:
+        raise FewsightError("no query images found in the paths given")
+    return found
+
+
+def predict(
+    classifier: torch.nn.Module, paths: list[Path], config: RunConfig, names: list[str], batch: int = 256
+) -> list[Prediction]:
+    """Predicted class and probabilities of every query image."""
+    results = []
+    with torch.no_grad():
+        for start in range(0, len(paths), batch):
+            chunk = paths[start : start + batch]
+            probabilities = classifier(load_images(chunk, config)).softmax(-1)
+            for path, row in zip(chunk, probabilities.tolist(), strict=True):
+                best = max(range(len(row)), key=row.__getitem__)
+                results.append(Prediction(path, names[best], row[best], row))
+    return results
