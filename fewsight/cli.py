@@ -9,11 +9,12 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from fewsight.errors import FewsightError
-from fewsight.runs import ALGORITHMS, DATASETS, RunConfig
+from fewsight.runs import ALGORITHMS, RunConfig
 
 _DEFAULTS = RunConfig()
 _HELP = {
-    "dataset": "data set to meta-train on",
+    "dataset": "omniglot, miniimagenet, or the path of your own folder of class subfolders or CSV "
+    "of file,label rows (its classes are split 60/20/20 into train/val/test, saved in config.json)",
     "protocol": "class split of the data set: maml (1,200 training characters with rotations) or lake",
     "image_size": "images are resized to this square size (default: 28 for omniglot, 84 for miniimagenet)",
     "algorithm": "meta-learning algorithm",
@@ -41,7 +42,7 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         help="meta-train a model into a run folder",
         description="Meta-train a model; writes config.json, metrics.jsonl and checkpoint.pt into --out.",
     )
-    choices = {"dataset": DATASETS, "algorithm": ALGORITHMS, "protocol": ("maml", "lake")}
+    choices = {"algorithm": ALGORITHMS, "protocol": ("maml", "lake")}
     for field in fields(RunConfig):
         if field.name not in _HELP:
             continue
@@ -162,12 +163,14 @@ def _device(name: str | None):
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from fewsight.runs import DEFAULT_IMAGE_SIZE
+    from fewsight.runs import DATASETS, DEFAULT_IMAGE_SIZE
     from fewsight.train import train
 
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    if args.dataset not in DATASETS and Path(args.dataset).exists():
+        values["dataset"] = str(Path(args.dataset).resolve())
     if values["image_size"] is None:
-        values["image_size"] = DEFAULT_IMAGE_SIZE[args.dataset]
+        values["image_size"] = DEFAULT_IMAGE_SIZE.get(args.dataset, 84)
     config = RunConfig(**{**values, "transductive": not args.non_transductive})
     config.validate()
     out = train(config, args.out, args.data_root, _device(args.device), args.resume, not args.quiet)

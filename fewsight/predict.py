@@ -9,7 +9,7 @@ import torch
 
 from fewsight.data.decode import decode_image
 from fewsight.errors import FewsightError
-from fewsight.runs import CHANNELS, RunConfig
+from fewsight.runs import RunConfig, channels
 
 
 @dataclass
@@ -31,8 +31,8 @@ def load_images(paths: list[Path], config: RunConfig) -> torch.Tensor:
 
     Omniglot models see bright strokes on a dark background, so pen on paper is inverted.
     """
-    channels = CHANNELS[config.dataset]
-    images = torch.stack([torch.from_numpy(decode_image(p, config.image_size, channels)) for p in paths])
+    size, depth = config.image_size, channels(config)
+    images = torch.stack([torch.from_numpy(decode_image(p, size, depth)) for p in paths])
     if config.dataset == "omniglot":
         images = 255 - images
     return images.to(torch.get_default_dtype()) / 255

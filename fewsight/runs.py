@@ -20,6 +20,7 @@ from fewsight.algorithms import (
     WeightPrediction,
 )
 from fewsight.data import LabelledImages, load_omniglot
+from fewsight.data.folder import labelled_files, load_image_files, split_classes
 from fewsight.data.miniimagenet import load_miniimagenet
 from fewsight.errors import FewsightError
 from fewsight.nets import Conv4
@@ -28,8 +29,8 @@ GRADIENT_BASED = ("maml", "fomaml", "metasgd", "anil")
 MODEL_BASED = ("protonet", "weightpred", "hypernet", "leo")
 ALGORITHMS = GRADIENT_BASED + MODEL_BASED
 DATASETS = ("omniglot", "miniimagenet")
-CHANNELS = {"omniglot": 1, "miniimagenet": 3}
-DEFAULT_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84}
+CHANNELS = {"omniglot": 1, "miniimagenet": 3}  # a user's own data set: 3 (RGB)
+DEFAULT_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84}  # a user's own data set: 84
 
 
 @dataclass
@@ -59,13 +60,17 @@ class RunConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     bf16: bool = False
+    class_split: dict[str, list[str]] | None = None  # a user's own data set: classes of each split
 
     def validate(self) -> None:
         """Raise a FewsightError naming the fix for settings that cannot work."""
         if self.algorithm not in ALGORITHMS:
             raise FewsightError(f"unknown algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}")
-        if self.dataset not in DATASETS:
-            raise FewsightError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        if self.dataset not in DATASETS and not Path(self.dataset).exists():
+            raise FewsightError(
+                f"unknown dataset {self.dataset!r}: use {' or '.join(DATASETS)}, or the path of your own "
+                "folder of class subfolders or CSV of file,label rows"
+            )
         positive = (
             "ways",
             "shots",
@@ -107,13 +112,28 @@ class RunConfig:
         return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
+def channels(config: RunConfig) -> int:
+    """Image channels the run's model takes."""
+    return CHANNELS.get(config.dataset, 3)
+
+
+def assign_classes(config: RunConfig) -> None:
+    """Split a user's own data set's classes into train, val and test, once, into the config."""
+    if config.dataset not in DATASETS and config.class_split is None:
+        names = [label for _, label in labelled_files(Path(config.dataset))]
+        config.class_split = split_classes(names, config.seed)
+
+
 def load_split(config: RunConfig, split: str, data_root: str | os.PathLike | None = None) -> LabelledImages:
     """The labelled images of one split of the run's data set ("trainval": train and val classes)."""
     if config.dataset == "omniglot":
         return load_omniglot(split, config.protocol, config.image_size, data_root)
     if split == "trainval":
         return load_split(config, "train", data_root).concat(load_split(config, "val", data_root))
-    return load_miniimagenet(split, config.image_size, data_root)
+    if config.dataset == "miniimagenet":
+        return load_miniimagenet(split, config.image_size, data_root)
+    assign_classes(config)
+    return load_image_files(Path(config.dataset), config.class_split[split], config.image_size)
 
 
 def build_learner(config: RunConfig) -> MetaLearner:
@@ -121,15 +141,16 @@ def build_learner(config: RunConfig) -> MetaLearner:
     # 64 channels, except for the MAML family on large images (32, as in the MAML paper).
     hidden = 64 if config.image_size <= 32 or config.algorithm in MODEL_BASED else 32
     ways = None if config.algorithm in MODEL_BASED else config.ways
-    channels = CHANNELS[config.dataset]
-    backbone = Conv4(ways, in_channels=channels, hidden=hidden, image_size=config.image_size)
+    backbone = Conv4(ways, in_channels=channels(config), hidden=hidden, image_size=config.image_size)
     size, transductive = backbone.feature_size, config.transductive
     if config.algorithm == "protonet":
         return ProtoNet(backbone, transductive)
     if config.algorithm == "weightpred":
         return WeightPrediction(backbone, size, config.base_classes, config.base_mix, transductive)
     if config.algorithm == "hypernet":
-        task_encoder = Conv4(None, in_channels=channels, hidden=hidden // 2, image_size=config.image_size)
+        task_encoder = Conv4(
+            None, in_channels=channels(config), hidden=hidden // 2, image_size=config.image_size
+        )
         return TaskHypernetwork(backbone, task_encoder, task_encoder.feature_size, transductive)
     if config.algorithm == "leo":
         return LEO(

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from fewsight.data import EpisodeSampler
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
-from fewsight.runs import RunConfig, build_learner, load_checkpoint, load_split, save_atomic
+from fewsight.runs import RunConfig, assign_classes, build_learner, load_checkpoint, load_split, save_atomic
 
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)
 
@@ -59,6 +59,7 @@ def train(
     else:
         state = None
     config.validate()
+    assign_classes(config)
     train_split = "trainval" if config.trainval else "train"
     sampler = EpisodeSampler(
         load_split(config, train_split, data_root), config.ways, config.shots, config.queries, device

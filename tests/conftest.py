@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,35 @@ def omniglot_train():
     from fewsight.data import load_omniglot
 
     return load_omniglot("train")
+
+
+@pytest.fixture(scope="session")
+def drawings(tmp_path_factory) -> Path:
+    """Angelic characters 1-20 of the evaluation alphabets (unseen by the bundled model), as PNGs."""
+    archive = SHARED_DATA / "omniglot" / "images_evaluation.zip"
+    if not archive.is_file():
+        pytest.skip("../shared/data/omniglot is not here")
+    folder = tmp_path_factory.mktemp("drawings")
+    with zipfile.ZipFile(archive) as source:
+        for name in source.namelist():
+            if name.startswith("images_evaluation/Angelic/") and name.endswith(".png"):
+                character, file = name.split("/")[-2:]
+                (folder / character).mkdir(exist_ok=True)
+                (folder / character / file).write_bytes(source.read(name))
+    return folder
+
+
+def make_task(
+    drawings: Path, root: Path, classes: int, shots: int = 1, queries: int = 3
+) -> tuple[Path, Path]:
+    """support/<class>/ with `shots` drawings each, and query/ with the next `queries` of each."""
+    support, query = root / "support", root / "query"
+    query.mkdir(parents=True)
+    for character in sorted(drawings.iterdir())[:classes]:
+        files = sorted(character.iterdir())
+        (support / character.name).mkdir(parents=True)
+        for file in files[:shots]:
+            (support / character.name / file.name).write_bytes(file.read_bytes())
+        for file in files[shots : shots + queries]:
+            (query / f"{character.name}-{file.name}").write_bytes(file.read_bytes())
+    return support, query

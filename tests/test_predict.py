@@ -1,44 +1,12 @@
 """predict and export on real Omniglot drawings, with the bundled model and with a user's run."""
 
-import zipfile
+import json
 from pathlib import Path
 
 import pytest
 
 from fewsight.cli import main
-from tests.conftest import SHARED_DATA
-
-
-@pytest.fixture(scope="module")
-def drawings(tmp_path_factory) -> Path:
-    """Angelic characters 1-20 of the evaluation alphabets (unseen by the bundled model), as PNGs."""
-    archive = SHARED_DATA / "omniglot" / "images_evaluation.zip"
-    if not archive.is_file():
-        pytest.skip("../shared/data/omniglot is not here")
-    folder = tmp_path_factory.mktemp("drawings")
-    with zipfile.ZipFile(archive) as source:
-        for name in source.namelist():
-            if name.startswith("images_evaluation/Angelic/") and name.endswith(".png"):
-                character, file = name.split("/")[-2:]
-                (folder / character).mkdir(exist_ok=True)
-                (folder / character / file).write_bytes(source.read(name))
-    return folder
-
-
-def make_task(
-    drawings: Path, root: Path, classes: int, shots: int = 1, queries: int = 3
-) -> tuple[Path, Path]:
-    """support/<class>/ with `shots` drawings each, and query/ with the next `queries` of each."""
-    support, query = root / "support", root / "query"
-    query.mkdir(parents=True)
-    for character in sorted(drawings.iterdir())[:classes]:
-        files = sorted(character.iterdir())
-        (support / character.name).mkdir(parents=True)
-        for file in files[:shots]:
-            (support / character.name / file.name).write_bytes(file.read_bytes())
-        for file in files[shots : shots + queries]:
-            (query / f"{character.name}-{file.name}").write_bytes(file.read_bytes())
-    return support, query
+from tests.conftest import SHARED_DATA, make_task
 
 
 def read_csv(path: Path) -> list[list[str]]:
@@ -153,3 +121,42 @@ def test_a_maml_run_takes_exactly_its_number_of_classes(omniglot_train, drawings
     assert "takes exactly 5 classes" in capsys.readouterr().err
     five, query = make_task(drawings, tmp_path / "five", classes=5)
     assert main(["predict", str(run), "--support", str(five), "--query", str(query)]) == 0
+
+
+def test_training_on_your_own_image_folder_and_csv(drawings, tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "--ways",
+        "3",
+        "--shots",
+        "1",
+        "--queries",
+        "2",
+        "--meta-batch",
+        "2",
+        "--steps",
+        "2",
+        "--val-every",
+        "2",
+        "--val-episodes",
+        "2",
+        "--image-size",
+        "28",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
+    assert (
+        main(["train", "--dataset", str(drawings), "--algorithm", "protonet", *args, "--out", str(run)]) == 0
+    )
+    split = json.loads((run / "config.json").read_text())["class_split"]
+    assert [len(split[name]) for name in ("train", "val", "test")] == [12, 4, 4]
+    assert not set(split["train"]) & set(split["test"])
+    assert main(["eval", str(run), "--episodes", "2", "--quiet", "--device", "cpu"]) == 0
+    table = tmp_path / "images.csv"
+    rows = [f"{f.relative_to(drawings.parent)},{f.parent.name}" for f in sorted(drawings.glob("*/*.png"))]
+    table.write_text("file,label\n" + "\n".join(rows) + "\n")
+    (drawings.parent / table.name).write_text(table.read_text())
+    csv_run = tmp_path / "csv-run"
+    assert main(["train", "--dataset", str(drawings.parent / table.name), *args, "--out", str(csv_run)]) == 0
+    assert json.loads((csv_run / "config.json").read_text())["class_split"] == split
