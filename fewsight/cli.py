@@ -134,6 +134,22 @@ def _export_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
+def _plot_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "plot",
+        help="PNG files of what a run learned",
+        description="Write curves.png (learning curves), episode.png (a test episode with each query's "
+        "prediction marked right or wrong) and, for the MAML family, steps.png (accuracy against "
+        "the number of adaptation steps) into --out.",
+    )
+    parser.add_argument("run", help="run folder or bundled model name")
+    parser.add_argument("--out", type=Path, help="folder for the PNG files (default: RUN/plots, or ./plots)")
+    parser.add_argument("--split", default="test", choices=("test", "val", "train"), help="episodes' split")
+    parser.add_argument("--max-steps", type=int, default=10, help="steps.png: up to this many inner steps")
+    parser.add_argument("--episodes", type=int, default=100, help="steps.png: episodes per point")
+    _common(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewsight", description="Few-shot recognition by meta-learning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(commands)
     _predict_parser(commands)
     _export_parser(commands)
+    _plot_parser(commands)
     return parser
 
 
@@ -258,10 +275,44 @@ def _run_export(args: argparse.Namespace) -> None:
     print(f"exported a {len(names)}-class classifier to {args.out} ({args.out.stat().st_size // 1024} KiB)")
 
 
+def _run_plot(args: argparse.Namespace) -> None:
+    from fewsight.algorithms import MAML
+    from fewsight.data import EpisodeSampler
+    from fewsight.models import BUNDLED, load_model, resolve_run
+    from fewsight.plot import plot_adaptation_steps, plot_curves, plot_episode
+    from fewsight.runs import load_split
+
+    if args.max_steps < 1 or args.episodes < 1:
+        raise FewsightError("--max-steps and --episodes must be at least 1")
+    run = resolve_run(args.run)
+    out = args.out or (Path("plots") if run.parent == BUNDLED else run / "plots")
+    out.mkdir(parents=True, exist_ok=True)
+    config, learner = load_model(run, _device(args.device))
+    sampler = EpisodeSampler(
+        load_split(config, args.split, args.data_root),
+        config.ways,
+        config.shots,
+        config.queries,
+        _device(args.device),
+    )
+    written = [plot_curves(run, out / "curves.png"), plot_episode(learner, sampler, out / "episode.png")]
+    if isinstance(learner, MAML):
+        written.append(
+            plot_adaptation_steps(learner, sampler, out / "steps.png", args.max_steps, args.episodes)
+        )
+    print("wrote " + ", ".join(str(path) for path in written))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"train": _run_train, "eval": _run_eval, "predict": _run_predict, "export": _run_export}
+        commands = {
+            "train": _run_train,
+            "eval": _run_eval,
+            "predict": _run_predict,
+            "export": _run_export,
+            "plot": _run_plot,
+        }
         commands[args.command](args)
     except FewsightError as error:
         print(f"fewsight: error: {error}", file=sys.stderr)

@@ -1,0 +1,40 @@
+"""fewsight plot writes the PNG files a user opens."""
+
+import pytest
+from PIL import Image
+
+from fewsight.cli import main
+
+pytest.importorskip("matplotlib")
+
+
+def test_plots_of_the_bundled_model(omniglot_train, tmp_path):
+    assert main(["plot", "omniglot", "--out", str(tmp_path), "--quiet", "--device", "cpu"]) == 0
+    for name in ("curves.png", "episode.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.width > 300
+    assert not (tmp_path / "steps.png").exists()  # model-based: one forward pass, no steps
+
+
+def test_accuracy_against_adaptation_steps_for_maml(omniglot_train, tmp_path):
+    run = tmp_path / "run"
+    main(
+        [
+            "train",
+            "--steps",
+            "2",
+            "--meta-batch",
+            "1",
+            "--queries",
+            "1",
+            "--log-every",
+            "1",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+            str(run),
+        ]
+    )
+    assert main(["plot", str(run), "--max-steps", "2", "--episodes", "2", "--quiet", "--device", "cpu"]) == 0
+    assert {p.name for p in (run / "plots").iterdir()} == {"curves.png", "episode.png", "steps.png"}
