@@ -121,17 +121,6 @@ class MAML(MetaLearner):
             fast = {name: fast[name] - rates[name] * grads[name] for name in fast}
         return {**params, **fast}
 
-    def _task_logits(
-        self,
-        params: Params,
-        steps: int,
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
-        query_x: torch.Tensor,
-    ) -> torch.Tensor:
-        adapted = self.adapt_params(params, support_x, support_y, steps)
-        return self.forward_with(adapted, query_x, support_x)
-
     def adapt_params_reference(
         self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int
     ) -> Params:
@@ -153,16 +142,17 @@ class MAML(MetaLearner):
             fast = {name: value.detach() for name, value in fast.items()}
         return {**params, **fast}
 
-    def _task_logits_reference(
+    def _task_logits(
         self,
+        adapt: Callable[[Params, torch.Tensor, torch.Tensor, int], Params],
         params: Params,
         steps: int,
         support_x: torch.Tensor,
         support_y: torch.Tensor,
         query_x: torch.Tensor,
     ) -> torch.Tensor:
-        adapted = self.adapt_params_reference(params, support_x, support_y, steps)
-        return self.forward_with(adapted, query_x, support_x)
+        """One task's query logits after adapting with `adapt` (vectorisable or reference)."""
+        return self.forward_with(adapt(params, support_x, support_y, steps), query_x, support_x)
 
     def _with_fallback(self, transformed: Callable[[], T], reference: Callable[[], T]) -> T:
         """Run the torch.func version unless this model needs the plain loop (see `per_task`)."""
@@ -189,8 +179,9 @@ class MAML(MetaLearner):
         params = dict(self.model.named_parameters())
         steps = self._steps()
         inputs = (batch.support_x, batch.support_y, batch.query_x)
-        vectorised = torch.vmap(partial(self._task_logits, params, steps), randomness="different")
-        reference = partial(self._task_logits_reference, params, steps)
+        transformed = partial(self._task_logits, self.adapt_params, params, steps)
+        vectorised = torch.vmap(transformed, randomness="different")
+        reference = partial(self._task_logits, self.adapt_params_reference, params, steps)
         return self._with_fallback(
             lambda: vectorised(*inputs),
             lambda: torch.stack([reference(*(x[t] for x in inputs)) for t in range(batch.tasks)]),
