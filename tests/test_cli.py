@@ -60,7 +60,7 @@ def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path):
         (["train", "--shots", "15", "--queries", "15", "--out", "{tmp}/r"], "at least 30 images"),
         (["train", "--meta-batch", "0", "--out", "{tmp}/r"], "--meta-batch must be at least 1"),
         (["eval", "{tmp}/missing"], "no run folder"),
-        (["eval", "{tmp}"], "not a run folder"),
+        (["eval", "{tmp}"], "neither a run folder"),
     ],
 )
 def test_bad_input_fails_at_once_with_the_fix(omniglot_train, tmp_path, capsys, argv, message):
