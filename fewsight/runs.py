@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import torch
 
 from fewsight.algorithms import ANIL, MAML, MetaLearner, MetaSGD
+from fewsight.checkpoints import LATEST, read_checkpoint, write_atomic
 from fewsight.data import LabelledImages, load_omniglot
+from fewsight.data.omniglot import DRAWERS, DRAWING_SIZE, PROTOCOLS
 from fewsight.errors import FewsightError
 from fewsight.nets import Conv4
 
@@ -46,10 +49,16 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise a FewsightError naming the fix for settings that cannot work."""
+        for field in fields(self):  # config.json may have been edited by hand
+            value, expected = getattr(self, field.name), type(field.default)
+            if not _has_type(value, expected):
+                raise FewsightError(f"setting {field.name} must be a {expected.__name__}, not {value!r}")
         if self.algorithm not in ALGORITHMS:
             raise FewsightError(f"unknown algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}")
         if self.dataset not in DATASETS:
             raise FewsightError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        if self.protocol not in PROTOCOLS:
+            raise FewsightError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
         positive = (
             "ways",
             "shots",
@@ -68,13 +77,23 @@ class RunConfig:
                 raise FewsightError(f"--{name.replace('_', '-')} must be at least 1")
         if self.ways < 2:
             raise FewsightError("--ways must be at least 2")
-        if self.image_size < 16:
-            raise FewsightError("--image-size must be at least 16 (Conv4 halves it four times)")
-        if not (self.inner_lr > 0 and self.meta_lr > 0):
-            raise FewsightError("--inner-lr and --meta-lr must be positive")
+        if self.shots + self.queries > DRAWERS:
+            raise FewsightError(
+                f"tasks with {self.shots} shots + {self.queries} queries need classes of at least "
+                f"{self.shots + self.queries} images, but Omniglot has {DRAWERS}; lower --shots or --queries"
+            )
+        if not 16 <= self.image_size <= DRAWING_SIZE:
+            raise FewsightError(
+                f"--image-size must be between 16 (Conv4 halves it four times) and {DRAWING_SIZE} "
+                "(the size of Omniglot's drawings)"
+            )
+        if not all(math.isfinite(lr) and lr > 0 for lr in (self.inner_lr, self.meta_lr)):
+            raise FewsightError("--inner-lr and --meta-lr must be positive and finite")
+        check_seed(self.seed)
 
     def save(self, folder: Path) -> None:
-        (folder / "config.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+        """Write config.json into the run folder, atomically."""
+        write_atomic((json.dumps(asdict(self), indent=2) + "\n").encode(), folder / "config.json")
 
     @classmethod
     def load(cls, folder: Path) -> RunConfig:
@@ -83,8 +102,27 @@ class RunConfig:
             raise FewsightError(
                 f"{folder} is not a run folder (no config.json); pass the --out of a training run"
             )
+        try:
+            saved = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise FewsightError(f"{path} is not valid JSON ({error})") from error
+        if not isinstance(saved, dict):
+            raise FewsightError(f"{path} does not hold a JSON object of settings")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+        return cls(**{k: v for k, v in saved.items() if k in known})
+
+
+def _has_type(value: object, expected: type) -> bool:
+    """Whether a setting has its field's type (an int may stand for a float; a bool is no int)."""
+    if isinstance(value, bool) or expected is bool:
+        return isinstance(value, bool) and expected is bool
+    return isinstance(value, (int, float) if expected is float else expected)
+
+
+def check_seed(seed: int) -> None:
+    """Raise a FewsightError unless `seed` is one torch's generators accept."""
+    if not 0 <= seed < 2**64:
+        raise FewsightError("--seed must be between 0 and 2**64 - 1")
 
 
 def load_split(config: RunConfig, split: str, data_root: str | os.PathLike | None = None) -> LabelledImages:
@@ -109,29 +147,21 @@ def build_learner(config: RunConfig) -> MetaLearner:
     return MAML(model, first_order=config.algorithm == "fomaml", **options)
 
 
-def save_atomic(state: dict, path: Path) -> None:
-    """torch.save to a temporary file, flushed to disk, then renamed over `path`."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with open(partial, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-
-
 def load_checkpoint(folder: Path, device: torch.device | str = "cpu") -> dict:
     """The run's last checkpoint, loaded without executing code (weights_only)."""
-    path = Path(folder) / "checkpoint.pt"
+    path = Path(folder) / LATEST
     if not path.is_file():
-        raise FewsightError(
-            f"{folder} has no checkpoint.pt yet; train it first (fewsight train --out {folder})"
-        )
-    return torch.load(path, map_location=device, weights_only=True)
+        raise FewsightError(f"{folder} has no {LATEST} yet; train it first (fewsight train --out {folder})")
+    return read_checkpoint(path, device)
 
 
 def load_learner(folder: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, MetaLearner]:
     """The config and the trained learner of a run folder."""
     config = RunConfig.load(folder)
+    config.validate()
     learner = build_learner(config).to(device)
-    learner.load_state_dict(load_checkpoint(folder, device)["learner"])
+    try:
+        learner.load_state_dict(load_checkpoint(folder, device)["learner"])
+    except (RuntimeError, TypeError) as error:
+        raise FewsightError(f"{folder}: the checkpoint does not fit the run's config.json") from error
     return config, learner
