@@ -120,30 +120,43 @@ def _device(name: str | None):
         device = torch.device(name)
     except RuntimeError as error:
         raise FewsightError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from error
+    if device.type not in ("cpu", "cuda"):
+        raise FewsightError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FewsightError("no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise FewsightError(f"there is no {name} here: {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed episode shapes: pick the fastest kernels once
     return device
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    import torch
+
     from fewsight.train import train
 
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
     config = RunConfig(**{**values, "transductive": not args.non_transductive})
     config.validate()
-    out = train(config, args.out, args.data_root, _device(args.device), args.resume, not args.quiet)
+    device = _device(args.device)
+    try:
+        out = train(config, args.out, args.data_root, device, args.resume, not args.quiet)
+    except torch.cuda.OutOfMemoryError as error:
+        raise FewsightError(
+            f"out of memory on {device}; lower --meta-batch, --ways, --queries or --inner-steps"
+        ) from error
     print(f"trained: {out}")
 
 
 def _run_eval(args: argparse.Namespace) -> None:
     from fewsight.data import EpisodeSampler
     from fewsight.evaluate import evaluate
-    from fewsight.runs import load_learner, load_split
+    from fewsight.runs import check_seed, load_learner, load_split
 
     if args.episodes < 1 or args.batch < 1:
         raise FewsightError("--episodes and --batch must be at least 1")
+    check_seed(args.seed)
     if not args.run.is_dir():
         raise FewsightError(f"no run folder at {args.run}; pass the --out of a training run")
     device = _device(args.device)
@@ -170,13 +183,17 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv`; returns the exit status (2 for a problem it explains on stderr)."""
     args = build_parser().parse_args(argv)
     try:
         {"train": _run_train, "eval": _run_eval}[args.command](args)
     except FewsightError as error:
         print(f"fewsight: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a folder that cannot be written: the environment, not a bug
+        print(f"fewsight: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("fewsight: interrupted (checkpoint saved; continue with --resume)", file=sys.stderr)
+        print("fewsight: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
         return 130
     return 0

@@ -52,7 +52,7 @@ class RunConfig:
         for field in fields(self):  # config.json may have been edited by hand
             value, expected = getattr(self, field.name), type(field.default)
             if not _has_type(value, expected):
-                raise FewsightError(f"setting {field.name} must be a {expected.__name__}, not {value!r}")
+                raise FewsightError(f"setting {field.name} must be {expected.__name__}, not {value!r}")
         if self.algorithm not in ALGORITHMS:
             raise FewsightError(f"unknown algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}")
         if self.dataset not in DATASETS:

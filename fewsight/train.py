@@ -55,6 +55,7 @@ def train(
     if resume:
         steps = config.steps
         config = RunConfig.load(out)
+        config.validate()
         config.steps = max(config.steps, steps)
         state = load_checkpoint(out, device)
         missing = [key for key in _RESUMABLE if key not in state]
