@@ -8,7 +8,7 @@ import torch
 from fewsight.checkpoints import read_checkpoint, save_checkpoint
 from fewsight.cli import main
 from fewsight.errors import FewsightError
-from fewsight.runs import RunConfig
+from fewsight.runs import RunConfig, build_learner
 
 TINY = ["--meta-batch", "2", "--queries", "2", "--trainval", "--quiet", "--device", "cpu"]
 
@@ -97,3 +97,11 @@ def test_read_checkpoint_refuses_with_a_fewsight_error(tmp_path):
     with pytest.raises(FewsightError, match="refused"):
         read_checkpoint(tmp_path / "evil.pt")
     assert not (tmp_path / "code-ran").exists()
+
+
+def test_an_older_checkpoint_is_evaluated_but_not_resumed(omniglot_train, run_folder, capsys):
+    learner = build_learner(RunConfig.load(run_folder))
+    torch.save({"learner": learner.state_dict(), "step": 2}, run_folder / "checkpoint.pt")
+    assert main(["eval", str(run_folder), "--episodes", "2", "--quiet", "--device", "cpu"]) == 0
+    assert main(["train", "--steps", "3", *TINY, "--out", str(run_folder), "--resume"]) == 2
+    assert "cannot be resumed" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from conftest import same
 
 import fewsight.train
 from fewsight.runs import RunConfig, build_learner
+from fewsight.signals import StopRequests
 
 CONFIG = dict(steps=5, meta_batch=2, queries=2, trainval=True, log_every=2, checkpoint_every=100)
 
@@ -51,3 +53,14 @@ def test_a_signal_saves_the_finished_step_and_resume_continues_exactly(
         torch.load(parts / "checkpoint.pt", weights_only=True),
     )
     assert signal.getsignal(number) is handler  # training gave the signal back
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals sent with os.kill")
+def test_a_second_signal_stops_at_once():
+    with StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # Python runs the handler between two bytecodes
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
