@@ -187,10 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"train": _run_train, "eval": _run_eval}[args.command](args)
-    except FewsightError as error:
-        print(f"fewsight: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a full disk, a folder that cannot be written: the environment, not a bug
+    except (FewsightError, OSError) as error:  # OSError: a full disk, a folder that cannot be written
         print(f"fewsight: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -46,9 +46,9 @@ def train(
     """Meta-train into the run folder `out` (or continue it with resume=True); returns the folder.
 
     With resume, the folder's saved settings are used, except `steps`, which may be raised; the
-    resumed run ends with the same weights as an uninterrupted one. Ctrl-C or SIGTERM finishes the
-    current step and saves a checkpoint first. A non-finite loss or weight stops training with a
-    FewsightError; no checkpoint holding one is ever written.
+    resumed run ends with the same weights as an uninterrupted one (bit for bit on the CPU).
+    Ctrl-C or SIGTERM finishes the current step and saves a checkpoint first. A non-finite loss or
+    weight stops training with a FewsightError; no checkpoint holding one is ever written.
     """
     out = Path(out)
     device = torch.device(device) if device is not None else default_device()
@@ -73,6 +73,7 @@ def train(
     else:
         state = None
     config.validate()
+    _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
     train_split = "trainval" if config.trainval else "train"
     sampler = EpisodeSampler(
         load_split(config, train_split, data_root), config.ways, config.shots, config.queries, device
