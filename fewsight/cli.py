@@ -172,14 +172,20 @@ def _device(name: str | None):
         device = torch.device(name)
     except RuntimeError as error:
         raise FewsightError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from error
+    if device.type not in ("cpu", "cuda"):
+        raise FewsightError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FewsightError("no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise FewsightError(f"there is no {name} here: {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed episode shapes: pick the fastest kernels once
     return device
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    import torch
+
     from fewsight.runs import DATASETS, DEFAULT_IMAGE_SIZE
     from fewsight.train import train
 
@@ -190,7 +196,13 @@ def _run_train(args: argparse.Namespace) -> None:
         values["image_size"] = DEFAULT_IMAGE_SIZE.get(args.dataset, 84)
     config = RunConfig(**{**values, "transductive": not args.non_transductive})
     config.validate()
-    out = train(config, args.out, args.data_root, _device(args.device), args.resume, not args.quiet)
+    device = _device(args.device)
+    try:
+        out = train(config, args.out, args.data_root, device, args.resume, not args.quiet)
+    except torch.cuda.OutOfMemoryError as error:
+        raise FewsightError(
+            f"out of memory on {device}; lower --meta-batch, --ways, --queries or --inner-steps"
+        ) from error
     print(f"trained: {out}")
 
 
@@ -198,10 +210,11 @@ def _run_eval(args: argparse.Namespace) -> None:
     from fewsight.data import EpisodeSampler
     from fewsight.evaluate import evaluate
     from fewsight.models import load_model, max_ways, resolve_run
-    from fewsight.runs import load_split
+    from fewsight.runs import check_seed, load_split
 
     if args.episodes < 1 or args.batch < 1:
         raise FewsightError("--episodes and --batch must be at least 1")
+    check_seed(args.seed)
     run = Path(args.run)
     if not run.exists() and args.run not in _bundled():
         raise FewsightError(f"no run folder at {run}; pass the --out of a training run or a bundled model")
@@ -304,6 +317,7 @@ def _run_plot(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv`; returns the exit status (2 for a problem it explains on stderr)."""
     args = build_parser().parse_args(argv)
     try:
         commands = {
@@ -314,10 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             "plot": _run_plot,
         }
         commands[args.command](args)
-    except FewsightError as error:
+    except (FewsightError, OSError) as error:  # OSError: a full disk, a folder that cannot be written
         print(f"fewsight: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fewsight: interrupted (checkpoint saved; continue with --resume)", file=sys.stderr)
+        print("fewsight: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
         return 130
     return 0

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from fewsight.algorithms import MAML, AdaptedClassifier, MetaLearner, ParameterPredictor, PredictedClassifier
+from fewsight.checkpoints import serialise, write_atomic
 from fewsight.errors import FewsightError
-from fewsight.runs import RunConfig, build_learner, load_learner, save_atomic
+from fewsight.runs import RunConfig, build_learner, load_learner
 
 BUNDLED = Path(__file__).parent / "models"
 EXPORT_FORMAT = "fewsight-classifier/1"
@@ -69,7 +70,7 @@ def export_classifier(
         "support_x": support,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(state, out)
+    write_atomic(serialise(state), out)
 
 
 def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, nn.Module, list[str]]:

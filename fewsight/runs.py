@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -19,9 +20,11 @@ from fewsight.algorithms import (
     TaskHypernetwork,
     WeightPrediction,
 )
+from fewsight.checkpoints import LATEST, read_checkpoint, write_atomic
 from fewsight.data import LabelledImages, load_omniglot
 from fewsight.data.folder import labelled_files, load_image_files, split_classes
 from fewsight.data.miniimagenet import load_miniimagenet
+from fewsight.data.omniglot import DRAWERS, DRAWING_SIZE, PROTOCOLS
 from fewsight.errors import FewsightError
 from fewsight.nets import Conv4
 
@@ -64,13 +67,21 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise a FewsightError naming the fix for settings that cannot work."""
+        for field in fields(self):  # config.json may have been edited by hand
+            value, expected = getattr(self, field.name), type(field.default)
+            if field.name == "class_split":
+                expected = dict if value is not None else type(None)
+            if not _has_type(value, expected):
+                raise FewsightError(f"setting {field.name} must be {expected.__name__}, not {value!r}")
         if self.algorithm not in ALGORITHMS:
             raise FewsightError(f"unknown algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}")
-        if self.dataset not in DATASETS and not Path(self.dataset).exists():
+        if self.dataset not in DATASETS and not Path(self.dataset).is_absolute():
             raise FewsightError(
                 f"unknown dataset {self.dataset!r}: use {' or '.join(DATASETS)}, or the path of your own "
                 "folder of class subfolders or CSV of file,label rows"
             )
+        if self.protocol not in PROTOCOLS:
+            raise FewsightError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
         positive = (
             "ways",
             "shots",
@@ -89,17 +100,28 @@ class RunConfig:
                 raise FewsightError(f"--{name.replace('_', '-')} must be at least 1")
         if self.ways < 2:
             raise FewsightError("--ways must be at least 2")
-        if self.image_size < 16:
-            raise FewsightError("--image-size must be at least 16 (Conv4 halves it four times)")
-        if not (self.inner_lr > 0 and self.meta_lr > 0):
-            raise FewsightError("--inner-lr and --meta-lr must be positive")
+        if self.dataset == "omniglot" and self.shots + self.queries > DRAWERS:
+            raise FewsightError(
+                f"tasks with {self.shots} shots + {self.queries} queries need classes of at least "
+                f"{self.shots + self.queries} images, but Omniglot has {DRAWERS}; lower --shots or --queries"
+            )
+        largest = DRAWING_SIZE if self.dataset == "omniglot" else 512
+        if not 16 <= self.image_size <= largest:
+            raise FewsightError(
+                f"--image-size must be between 16 (Conv4 halves it four times) and {largest}"
+                + (" (the size of Omniglot's drawings)" if self.dataset == "omniglot" else "")
+            )
+        if not all(math.isfinite(lr) and lr > 0 for lr in (self.inner_lr, self.meta_lr)):
+            raise FewsightError("--inner-lr and --meta-lr must be positive and finite")
         if not 0 <= self.base_mix <= 1:
             raise FewsightError("--base-mix is a probability: use a value in [0, 1]")
         if self.base_mix > 0 and self.algorithm != "weightpred":
             raise FewsightError("--base-mix applies to --algorithm weightpred only")
+        check_seed(self.seed)
 
     def save(self, folder: Path) -> None:
-        (folder / "config.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+        """Write config.json into the run folder, atomically."""
+        write_atomic((json.dumps(asdict(self), indent=2) + "\n").encode(), folder / "config.json")
 
     @classmethod
     def load(cls, folder: Path) -> RunConfig:
@@ -108,8 +130,27 @@ class RunConfig:
             raise FewsightError(
                 f"{folder} is not a run folder (no config.json); pass the --out of a training run"
             )
+        try:
+            saved = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise FewsightError(f"{path} is not valid JSON ({error})") from error
+        if not isinstance(saved, dict):
+            raise FewsightError(f"{path} does not hold a JSON object of settings")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+        return cls(**{k: v for k, v in saved.items() if k in known})
+
+
+def _has_type(value: object, expected: type) -> bool:
+    """Whether a setting has its field's type (an int may stand for a float; a bool is no int)."""
+    if isinstance(value, bool) or expected is bool:
+        return isinstance(value, bool) and expected is bool
+    return isinstance(value, (int, float) if expected is float else expected)
+
+
+def check_seed(seed: int) -> None:
+    """Raise a FewsightError unless `seed` is one torch's generators accept."""
+    if not 0 <= seed < 2**64:
+        raise FewsightError("--seed must be between 0 and 2**64 - 1")
 
 
 def channels(config: RunConfig) -> int:
@@ -169,29 +210,21 @@ def build_learner(config: RunConfig) -> MetaLearner:
     return MAML(backbone, first_order=config.algorithm == "fomaml", **options)
 
 
-def save_atomic(state: dict, path: Path) -> None:
-    """torch.save to a temporary file, flushed to disk, then renamed over `path`."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with open(partial, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-
-
 def load_checkpoint(folder: Path, device: torch.device | str = "cpu") -> dict:
     """The run's last checkpoint, loaded without executing code (weights_only)."""
-    path = Path(folder) / "checkpoint.pt"
+    path = Path(folder) / LATEST
     if not path.is_file():
-        raise FewsightError(
-            f"{folder} has no checkpoint.pt yet; train it first (fewsight train --out {folder})"
-        )
-    return torch.load(path, map_location=device, weights_only=True)
+        raise FewsightError(f"{folder} has no {LATEST} yet; train it first (fewsight train --out {folder})")
+    return read_checkpoint(path, device)
 
 
 def load_learner(folder: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, MetaLearner]:
     """The config and the trained learner of a run folder."""
     config = RunConfig.load(folder)
+    config.validate()
     learner = build_learner(config).to(device)
-    learner.load_state_dict(load_checkpoint(folder, device)["learner"])
+    try:
+        learner.load_state_dict(load_checkpoint(folder, device)["learner"])
+    except (RuntimeError, TypeError) as error:
+        raise FewsightError(f"{folder}: the checkpoint does not fit the run's config.json") from error
     return config, learner

@@ -12,12 +12,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from fewsight.checkpoints import save_checkpoint, write_atomic
 from fewsight.data import EpisodeSampler
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
-from fewsight.runs import RunConfig, assign_classes, build_learner, load_checkpoint, load_split, save_atomic
+from fewsight.runs import RunConfig, assign_classes, build_learner, load_checkpoint, load_split
+from fewsight.signals import StopRequests
 
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)
+_RESUMABLE = ("learner", "optimizer", "generator", "torch_rng", "step", "interval")
 
 
 def default_device() -> torch.device:
@@ -42,23 +45,35 @@ def train(
 ) -> Path:
     """Meta-train into the run folder `out` (or continue it with resume=True); returns the folder.
 
-    With resume, the folder's saved settings are used, except `steps`, which may be raised.
-    Interrupting (Ctrl-C) saves a checkpoint first.
+    With resume, the folder's saved settings are used, except `steps`, which may be raised; the
+    resumed run ends with the same weights as an uninterrupted one (bit for bit on the CPU).
+    Ctrl-C or SIGTERM finishes the current step and saves a checkpoint first. A non-finite loss or
+    weight stops training with a FewsightError; no checkpoint holding one is ever written.
     """
     out = Path(out)
     device = torch.device(device) if device is not None else default_device()
     if resume:
         steps = config.steps
         config = RunConfig.load(out)
+        config.validate()
         config.steps = max(config.steps, steps)
         state = load_checkpoint(out, device)
+        missing = [key for key in _RESUMABLE if key not in state]
+        if missing:
+            raise FewsightError(
+                f"{out}/checkpoint.pt has no {', '.join(missing)} (an older fewsight wrote it); "
+                "fewsight eval reads it, but it cannot be resumed"
+            )
     elif (out / "config.json").exists():
         raise FewsightError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
+    elif out.exists() and not out.is_dir():
+        raise FewsightError(f"{out} is a file; --out must name a folder")
     else:
         state = None
     config.validate()
+    _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
     assign_classes(config)
     train_split = "trainval" if config.trainval else "train"
     sampler = EpisodeSampler(
@@ -78,76 +93,112 @@ def train(
     learner = build_learner(config).to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr)
     generator = sampler.generator(config.seed)
-    start = 0
+    # Sums over the steps since the last metrics row, kept on the device (no host sync per step).
+    loss_sum = torch.zeros((), device=device)
+    accuracy_sum = torch.zeros((), device=device)
+    interval_steps, start = 0, 0
     if state is not None:
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"].cpu())
-        start = state["step"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        loss_sum.copy_(state["interval"]["loss"])
+        accuracy_sum.copy_(state["interval"]["accuracy"])
+        interval_steps, start = state["interval"]["steps"], state["step"]
     out.mkdir(parents=True, exist_ok=True)
     config.save(out)
+    _keep_metrics_until(out / "metrics.jsonl", start)
+    last_good = start if state is not None else None
+
+    def diverged(step: int) -> FewsightError:
+        kept = f"checkpoint.pt (step {last_good}) is kept" if last_good is not None else "nothing was saved"
+        return FewsightError(
+            f"training diverged by step {step} (a non-finite loss or weight); {kept}; "
+            "lower --meta-lr or --inner-lr"
+        )
 
     def checkpoint(step: int) -> None:
-        save_atomic(
-            {
-                "learner": learner.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "step": step,
-            },
-            out / "checkpoint.pt",
-        )
+        nonlocal last_good
+        weights = torch.stack([p.isfinite().all() for p in learner.parameters()]).all()
+        if not bool(weights & loss_sum.isfinite()):
+            raise diverged(step)
+        snapshot = {
+            "learner": learner.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "interval": {"loss": loss_sum, "accuracy": accuracy_sum, "steps": interval_steps},
+        }
+        if device.type == "cuda":
+            snapshot["cuda_rng"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(snapshot, out, step)
+        last_good = step
 
     metrics = open(out / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finally)
     bar = tqdm(total=config.steps, initial=start, desc="meta-training", disable=not progress)
-    loss_sum = torch.zeros((), device=device)
-    accuracy_sum = torch.zeros((), device=device)
-    interval_start, interval_steps, completed = time.perf_counter(), 0, start
+    interval_start = time.perf_counter()
     try:
-        for step in range(start + 1, config.steps + 1):
-            batch = sampler.sample(config.meta_batch, generator)
-            with _autocast(device, config.bf16):
-                result = learner.meta_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            optimizer.step()
-            completed, interval_steps = step, interval_steps + 1
-            loss_sum += result.loss.detach()
-            accuracy_sum += result.accuracy.detach()
-            bar.update()
-            if step % config.log_every == 0 or step == config.steps:
-                row = {
-                    "step": step,
-                    "loss": loss_sum.item() / interval_steps,
-                    "accuracy": accuracy_sum.item() / interval_steps,
-                }
-                if not math.isfinite(row["loss"]):
-                    raise FewsightError(f"the loss diverged near step {step}; lower --meta-lr or --inner-lr")
-                elapsed = time.perf_counter() - interval_start
-                row["tasks_per_s"] = interval_steps * config.meta_batch / elapsed
-                interval_steps = 0
-                loss_sum.zero_()
-                accuracy_sum.zero_()
-                if validation is not None and step % config.val_every == 0:
-                    accuracy = evaluate(
-                        learner, validation, config.val_episodes, config.meta_batch, seed=VALIDATION_SEED
+        with StopRequests() as stop:
+            for step in range(start + 1, config.steps + 1):
+                batch = sampler.sample(config.meta_batch, generator)
+                with _autocast(device, config.bf16):
+                    result = learner.meta_loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                result.loss.backward()
+                optimizer.step()
+                interval_steps += 1
+                loss_sum += result.loss.detach()
+                accuracy_sum += result.accuracy.detach()
+                bar.update()
+                if step % config.log_every == 0 or step == config.steps:
+                    row = {
+                        "step": step,
+                        "loss": loss_sum.item() / interval_steps,
+                        "accuracy": accuracy_sum.item() / interval_steps,
+                    }
+                    if not math.isfinite(row["loss"]):
+                        raise diverged(step)
+                    elapsed = time.perf_counter() - interval_start
+                    row["tasks_per_s"] = interval_steps * config.meta_batch / elapsed
+                    interval_steps = 0
+                    loss_sum.zero_()
+                    accuracy_sum.zero_()
+                    if validation is not None and step % config.val_every == 0:
+                        accuracy = evaluate(
+                            learner, validation, config.val_episodes, config.meta_batch, seed=VALIDATION_SEED
+                        )
+                        row["val_accuracy"], row["val_ci95"] = accuracy.mean, accuracy.ci95
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.3f}",
+                        acc=f"{row['accuracy']:.3f}",
+                        tasks_s=f"{row['tasks_per_s']:.0f}",
                     )
-                    row["val_accuracy"], row["val_ci95"] = accuracy.mean, accuracy.ci95
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
-                bar.set_postfix(
-                    loss=f"{row['loss']:.3f}",
-                    acc=f"{row['accuracy']:.3f}",
-                    tasks_s=f"{row['tasks_per_s']:.0f}",
-                )
-                interval_start = time.perf_counter()
-            if step % config.checkpoint_every == 0:
-                checkpoint(step)
-    except KeyboardInterrupt:
-        checkpoint(completed)
-        raise
+                    interval_start = time.perf_counter()
+                if step % config.checkpoint_every == 0 or step == config.steps or stop.requested:
+                    checkpoint(step)
+                if stop.requested:
+                    raise KeyboardInterrupt
     finally:
         bar.close()
         metrics.close()
-    checkpoint(config.steps)
     return out
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the metrics rows after `step` (logged after the checkpoint a run resumes from) and any
+    line a killed process left half written."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_atomic("".join(kept).encode(), path)

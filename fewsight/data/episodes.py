@@ -64,10 +64,11 @@ class EpisodeSampler:
         counts = data.images_per_class()
         eligible = torch.nonzero(counts >= shots + queries).flatten()
         if len(eligible) < ways:
+            most = int(counts.max()) if len(counts) else 0
             raise FewsightError(
                 f"{ways}-way tasks with {shots} shots + {queries} queries need {ways} classes of at "
                 f"least {shots + queries} images, but this split has {len(eligible)} such classes "
-                f"(most images in a class: {int(counts.max())}); lower --ways, --shots or --queries"
+                f"(most images in a class: {most}); lower --ways, --shots or --queries"
             )
         self.ways, self.shots, self.queries = ways, shots, queries
         self.device, self.dtype = torch.device(device), dtype
@@ -118,10 +119,14 @@ class EpisodeSampler:
 
     def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
         """A meta-batch of `tasks` random tasks."""
+        if tasks < 1:
+            raise FewsightError(f"a meta-batch needs at least 1 task, not {tasks}")
         return self._gather(*self._draw_indices(tasks, generator))
 
     def fixed_episodes(self, count: int, batch: int, seed: int) -> Iterator[TaskBatch]:
         """The same `count` tasks for a given seed on any device, in meta-batches of `batch`."""
+        if count < 1 or batch < 1:
+            raise FewsightError(f"episodes and batch must be at least 1, not {count} and {batch}")
         generator = torch.Generator().manual_seed(seed)
         for start in range(0, count, batch):
             yield self._gather(*self._draw_indices(min(batch, count - start), generator))

@@ -20,6 +20,7 @@ import io
 import os
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,8 @@ ARCHIVES = {
 }
 EXPECTED_CHARACTERS = {"images_background.zip": 964, "images_evaluation.zip": 659}
 DRAWERS = 20
+DRAWING_SIZE = 105  # pixels a side of the original drawings
+MAX_DRAWING_BYTES = 1 << 20  # the largest canonical PNG is under 1 KB: more is a zip bomb or not Omniglot
 PROTOCOLS = ("maml", "lake")
 SPLITS = ("train", "val", "test", "trainval")
 _MEMBER = re.compile(r"^images_(?:background|evaluation)/([^/]+)/(character\d+)/([^/]+\.png)$")
@@ -53,18 +56,65 @@ class OmniglotCharacters:
     background: torch.Tensor
 
 
-def _decode_archive(path: Path, image_size: int) -> tuple[list[str], np.ndarray]:
-    """Character names and their images (characters, 20, size, size) from one archive."""
+def _escapes(member: str) -> bool:
+    """Whether a member name could point outside the folder it sits in (zip-slip): absolute, `..`."""
+    parts = member.replace("\\", "/").split("/")
+    return parts[0] == "" or ":" in parts[0] or ".." in parts
+
+
+def _read_drawings(path: Path) -> dict[str, dict[str, bytes]]:
+    """The PNG bytes of an archive's drawings by character and file name, read in memory.
+
+    Nothing is ever extracted to disk; all the same, an archive with a member whose name escapes its
+    folder, or one too large to be a drawing, is refused as not canonical.
+    """
     drawings: dict[str, dict[str, bytes]] = {}
     try:
         with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                match = _MEMBER.match(member)
-                if match:
-                    alphabet, character, file = match.groups()
-                    drawings.setdefault(f"{alphabet}/{character}", {})[file] = archive.read(member)
+            for info in archive.infolist():
+                if _escapes(info.filename):
+                    raise FewsightError(
+                        f"{path}: member {info.filename!r} points outside the archive; replace it"
+                    )
+                match = _MEMBER.match(info.filename)
+                if not match:
+                    continue
+                if info.file_size > MAX_DRAWING_BYTES:
+                    raise FewsightError(
+                        f"{path}: member {info.filename} is too large for a drawing; replace it"
+                    )
+                alphabet, character, file = match.groups()
+                try:
+                    data = archive.read(info)
+                except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as error:
+                    raise FewsightError(
+                        f"{path}: member {info.filename} is damaged ({error}); replace it"
+                    ) from error
+                drawings.setdefault(f"{alphabet}/{character}", {})[file] = data
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise FewsightError(f"{path} is not a readable zip archive ({error}); replace it") from error
+    return drawings
+
+
+def _open_drawing(path: Path, name: str, data: bytes) -> Image.Image:
+    """One decoded drawing; its size is checked from the header first, so no image bomb is decoded."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.size == (DRAWING_SIZE, DRAWING_SIZE):
+            image.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise FewsightError(f"{path}: {name} is not a readable image ({error})") from error
+    if image.size != (DRAWING_SIZE, DRAWING_SIZE):
+        width, height = image.size
+        raise FewsightError(
+            f"{path}: {name} is {width}x{height} pixels, not a {DRAWING_SIZE}x{DRAWING_SIZE} drawing"
+        )
+    return image
+
+
+def _decode_archive(path: Path, image_size: int) -> tuple[list[str], np.ndarray]:
+    """Character names and their images (characters, 20, size, size) from one archive."""
+    drawings = _read_drawings(path)
     expected = EXPECTED_CHARACTERS[path.name]
     if len(drawings) != expected or any(len(d) != DRAWERS for d in drawings.values()):
         raise FewsightError(
@@ -75,11 +125,8 @@ def _decode_archive(path: Path, image_size: int) -> tuple[list[str], np.ndarray]
     images = np.empty((len(names), DRAWERS, image_size, image_size), dtype=np.uint8)
     for c, name in enumerate(tqdm(names, desc=f"decoding {path.name}", unit="char", leave=False)):
         for d, file in enumerate(sorted(drawings[name])):
-            try:
-                image = Image.open(io.BytesIO(drawings[name][file])).convert("L")
-            except (OSError, ValueError) as error:
-                raise FewsightError(f"{path}: {name}/{file} is not a readable image") from error
-            resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            image = _open_drawing(path, f"{name}/{file}", drawings[name][file])
+            resized = image.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
             images[c, d] = 255 - np.asarray(resized, dtype=np.uint8)
     return names, images
 
@@ -90,8 +137,11 @@ def load_characters(root: str | os.PathLike | None = None, image_size: int = 28)
     key = hashlib.sha256("".join(file_digest(a) for a in archives).encode()).hexdigest()[:16]
     cached = cache_dir() / f"omniglot-{image_size}px-{key}.pt"
     if cached.is_file():
-        saved = torch.load(cached, weights_only=True)
-        return OmniglotCharacters(saved["images"], saved["names"], saved["background"])
+        try:
+            saved = torch.load(cached, weights_only=True)
+            return OmniglotCharacters(saved["images"], saved["names"], saved["background"])
+        except Exception:  # a damaged cache file, however torch reports it: decode again
+            pass
     names, arrays = [], []
     for archive in archives:
         archive_names, images = _decode_archive(archive, image_size)
