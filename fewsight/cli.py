@@ -203,7 +203,10 @@ def _run_train(args: argparse.Namespace) -> None:
         raise FewsightError(
             f"out of memory on {device}; lower --meta-batch, --ways, --queries or --inner-steps"
         ) from error
-    print(f"trained: {out}")
+    from fewsight.distributed import is_main
+
+    if is_main():
+        print(f"trained: {out}")
 
 
 def _run_eval(args: argparse.Namespace) -> None:
@@ -218,7 +221,9 @@ def _run_eval(args: argparse.Namespace) -> None:
     run = Path(args.run)
     if not run.exists() and args.run not in _bundled():
         raise FewsightError(f"no run folder at {run}; pass the --out of a training run or a bundled model")
-    device = _device(args.device)
+    from fewsight.distributed import is_main, setup
+
+    device = setup(_device(args.device))
     config, learner = load_model(resolve_run(args.run), device)
     ways = args.ways or config.ways
     if max_ways(config) not in (None, ways):
@@ -227,6 +232,8 @@ def _run_eval(args: argparse.Namespace) -> None:
     data = load_split(config, args.split, args.data_root)
     sampler = EpisodeSampler(data, ways, shots, queries, device)
     accuracy = evaluate(learner, sampler, args.episodes, args.batch, args.seed, not args.quiet)
+    if not is_main():
+        return
     if args.json:
         details = {"split": args.split, "seed": args.seed, "ways": ways, "shots": shots}
         print(json.dumps({**asdict(accuracy), **details, "algorithm": config.algorithm}))

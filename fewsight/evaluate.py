@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from fewsight.algorithms import MetaLearner
 from fewsight.data import EpisodeSampler
+from fewsight.distributed import gather, is_main, world
 
 
 @dataclass
@@ -33,17 +34,20 @@ def evaluate(
     progress: bool = False,
 ) -> Accuracy:
     """Adapt to each of `episodes` fixed tasks and score its queries; the learner is left in the
-    mode it was in."""
+    mode it was in. Under torchrun the episodes are split across the processes and the interval is
+    computed over all of them."""
     was_training = learner.training
     learner.eval()
-    per_episode = []
+    rank, processes = world()
+    per_episode = [torch.zeros(0, dtype=torch.float64, device=sampler.device)]
     with torch.no_grad():
-        batches = sampler.fixed_episodes(episodes, batch, seed)
-        total = math.ceil(episodes / batch)
-        for tasks in tqdm(batches, total=total, desc="evaluating", disable=not progress, leave=False):
+        batches = sampler.fixed_episodes(episodes, batch, seed, (rank, processes))
+        total = math.ceil(math.ceil(episodes / batch) / processes)
+        quiet = not progress or not is_main()
+        for tasks in tqdm(batches, total=total, desc="evaluating", disable=quiet, leave=False):
             logits = learner.query_logits(tasks)
             per_episode.append((logits.argmax(-1) == tasks.query_y).double().mean(1))
     learner.train(was_training)
-    scores = torch.cat(per_episode).cpu()
+    scores = gather(torch.cat(per_episode)).cpu()
     spread = scores.std().item() if len(scores) > 1 else 0.0
     return Accuracy(scores.mean().item(), 1.96 * spread / math.sqrt(len(scores)), len(scores))

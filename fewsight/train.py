@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from fewsight.checkpoints import save_checkpoint, write_atomic
 from fewsight.data import EpisodeSampler
+from fewsight.distributed import all_sum, average_gradients, is_main, setup, share, world
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
 from fewsight.runs import RunConfig, assign_classes, build_learner, load_checkpoint, load_split
@@ -51,7 +52,9 @@ def train(
     weight stops training with a FewsightError; no checkpoint holding one is ever written.
     """
     out = Path(out)
-    device = torch.device(device) if device is not None else default_device()
+    device = setup(torch.device(device) if device is not None else default_device())
+    processes = world()[1]
+    main = is_main()  # under torchrun, only rank 0 writes logs, progress and checkpoints
     if resume:
         steps = config.steps
         config = RunConfig.load(out)
@@ -74,6 +77,7 @@ def train(
         state = None
     config.validate()
     _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
+    part = share(config.meta_batch)
     assign_classes(config)
     train_split = "trainval" if config.trainval else "train"
     sampler = EpisodeSampler(
@@ -107,9 +111,10 @@ def train(
         loss_sum.copy_(state["interval"]["loss"])
         accuracy_sum.copy_(state["interval"]["accuracy"])
         interval_steps, start = state["interval"]["steps"], state["step"]
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out)
-    _keep_metrics_until(out / "metrics.jsonl", start)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out)
+        _keep_metrics_until(out / "metrics.jsonl", start)
     last_good = start if state is not None else None
 
     def diverged(step: int) -> FewsightError:
@@ -134,20 +139,22 @@ def train(
         }
         if device.type == "cuda":
             snapshot["cuda_rng"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(snapshot, out, step)
+        if main:
+            save_checkpoint(snapshot, out, step)
         last_good = step
 
-    metrics = open(out / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finally)
-    bar = tqdm(total=config.steps, initial=start, desc="meta-training", disable=not progress)
+    metrics = open(out / "metrics.jsonl", "a") if main else open(os.devnull, "w")  # noqa: SIM115
+    bar = tqdm(total=config.steps, initial=start, desc="meta-training", disable=not (progress and main))
     interval_start = time.perf_counter()
     try:
         with StopRequests() as stop:
             for step in range(start + 1, config.steps + 1):
-                batch = sampler.sample(config.meta_batch, generator)
+                batch = sampler.sample(config.meta_batch, generator, part)
                 with _autocast(device, config.bf16):
                     result = learner.meta_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 result.loss.backward()
+                average_gradients(learner.parameters())
                 optimizer.step()
                 interval_steps += 1
                 loss_sum += result.loss.detach()
@@ -156,8 +163,8 @@ def train(
                 if step % config.log_every == 0 or step == config.steps:
                     row = {
                         "step": step,
-                        "loss": loss_sum.item() / interval_steps,
-                        "accuracy": accuracy_sum.item() / interval_steps,
+                        "loss": all_sum(loss_sum).item() / interval_steps / processes,
+                        "accuracy": all_sum(accuracy_sum).item() / interval_steps / processes,
                     }
                     if not math.isfinite(row["loss"]):
                         raise diverged(step)

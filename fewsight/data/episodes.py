@@ -117,16 +117,25 @@ class EpisodeSampler:
         """A random generator on the sampler's device, for `sample`."""
         return torch.Generator(self.device).manual_seed(seed)
 
-    def sample(self, tasks: int, generator: torch.Generator) -> TaskBatch:
-        """A meta-batch of `tasks` random tasks."""
+    def sample(self, tasks: int, generator: torch.Generator, part: slice | None = None) -> TaskBatch:
+        """A meta-batch of `tasks` random tasks, or only its `part` (one process's share of it)."""
         if tasks < 1:
             raise FewsightError(f"a meta-batch needs at least 1 task, not {tasks}")
-        return self._gather(*self._draw_indices(tasks, generator))
+        classes, indices = self._draw_indices(tasks, generator)
+        if part is not None:
+            classes, indices = classes[part], indices[part]
+        return self._gather(classes, indices)
 
-    def fixed_episodes(self, count: int, batch: int, seed: int) -> Iterator[TaskBatch]:
-        """The same `count` tasks for a given seed on any device, in meta-batches of `batch`."""
+    def fixed_episodes(
+        self, count: int, batch: int, seed: int, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[TaskBatch]:
+        """The same `count` tasks for a given seed on any device, in meta-batches of `batch`; with
+        `shard` = (rank, processes), only every processes-th meta-batch, starting at rank."""
         if count < 1 or batch < 1:
             raise FewsightError(f"episodes and batch must be at least 1, not {count} and {batch}")
         generator = torch.Generator().manual_seed(seed)
-        for start in range(0, count, batch):
-            yield self._gather(*self._draw_indices(min(batch, count - start), generator))
+        rank, processes = shard
+        for number, start in enumerate(range(0, count, batch)):
+            drawn = self._draw_indices(min(batch, count - start), generator)
+            if number % processes == rank:
+                yield self._gather(*drawn)
