@@ -14,7 +14,7 @@ from fewsight.algorithms import (
     TaskHypernetwork,
     WeightPrediction,
 )
-from fewsight.data import EpisodeSampler, LabelledImages, TaskBatch, load_omniglot
+from fewsight.data import EpisodeSampler, LabelledImages, TaskBatch, load_miniimagenet, load_omniglot
 from fewsight.errors import FewsightError
 from fewsight.evaluate import Accuracy, evaluate
 from fewsight.nets import Conv4, TaskBatchNorm
@@ -40,5 +40,6 @@ __all__ = [
     "TaskHypernetwork",
     "WeightPrediction",
     "evaluate",
+    "load_miniimagenet",
     "load_omniglot",
 ]
