@@ -66,6 +66,9 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         help="train on train+val classes (the papers' protocol) and skip validation",
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs that support it)")
+    parser.add_argument(
+        "--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard"
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     _common(parser)
@@ -198,7 +201,7 @@ def _run_train(args: argparse.Namespace) -> None:
     config.validate()
     device = _device(args.device)
     try:
-        out = train(config, args.out, args.data_root, device, args.resume, not args.quiet)
+        out = train(config, args.out, args.data_root, device, args.resume, not args.quiet, args.tensorboard)
     except torch.cuda.OutOfMemoryError as error:
         raise FewsightError(
             f"out of memory on {device}; lower --meta-batch, --ways, --queries or --inner-steps"

@@ -43,12 +43,14 @@ def train(
     device: torch.device | str | None = None,
     resume: bool = False,
     progress: bool = True,
+    tensorboard: bool = False,
 ) -> Path:
     """Meta-train into the run folder `out` (or continue it with resume=True); returns the folder.
 
     With resume, the folder's saved settings are used, except `steps`, which may be raised; the
     resumed run ends with the same weights as an uninterrupted one (bit for bit on the CPU).
-    Ctrl-C or SIGTERM finishes the current step and saves a checkpoint first. A non-finite loss or
+    Ctrl-C or SIGTERM finishes the current step and saves a checkpoint first. With tensorboard=True,
+    every metrics row is also written as TensorBoard scalars under RUN/tensorboard. A non-finite loss or
     weight stops training with a FewsightError; no checkpoint holding one is ever written.
     """
     out = Path(out)
@@ -77,6 +79,7 @@ def train(
         state = None
     config.validate()
     _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
+    writer_class = _tensorboard_writer_class() if tensorboard else None
     part = share(config.meta_batch)
     assign_classes(config)
     train_split = "trainval" if config.trainval else "train"
@@ -144,6 +147,7 @@ def train(
         last_good = step
 
     metrics = open(out / "metrics.jsonl", "a") if main else open(os.devnull, "w")  # noqa: SIM115
+    board = writer_class(str(out / "tensorboard")) if writer_class is not None and main else None
     bar = tqdm(total=config.steps, initial=start, desc="meta-training", disable=not (progress and main))
     interval_start = time.perf_counter()
     try:
@@ -180,6 +184,10 @@ def train(
                         row["val_accuracy"], row["val_ci95"] = accuracy.mean, accuracy.ci95
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
+                    if board is not None:
+                        for name, value in row.items():
+                            if name != "step":
+                                board.add_scalar(name, value, step)
                     bar.set_postfix(
                         loss=f"{row['loss']:.3f}",
                         acc=f"{row['accuracy']:.3f}",
@@ -193,7 +201,18 @@ def train(
     finally:
         bar.close()
         metrics.close()
+        if board is not None:
+            board.close()
     return out
+
+
+def _tensorboard_writer_class() -> type:
+    """torch's TensorBoard SummaryWriter, or a FewsightError if the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise FewsightError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
+    return SummaryWriter
 
 
 def _keep_metrics_until(path: Path, step: int) -> None:

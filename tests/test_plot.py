@@ -38,3 +38,30 @@ def test_accuracy_against_adaptation_steps_for_maml(omniglot_train, tmp_path):
     )
     assert main(["plot", str(run), "--max-steps", "2", "--episodes", "2", "--quiet", "--device", "cpu"]) == 0
     assert {p.name for p in (run / "plots").iterdir()} == {"curves.png", "episode.png", "steps.png"}
+
+
+def test_tensorboard_event_files_during_training(omniglot_train, tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run = tmp_path / "run"
+    main(
+        [
+            "train",
+            "--steps",
+            "2",
+            "--meta-batch",
+            "1",
+            "--queries",
+            "1",
+            "--log-every",
+            "1",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--tensorboard",
+            "--out",
+            str(run),
+        ]
+    )
+    events = accumulator.EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("loss")] == [1, 2]
