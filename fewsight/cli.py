@@ -294,7 +294,7 @@ def _run_export(args: argparse.Namespace) -> None:
     if Path(args.model).is_file():
         raise FewsightError(f"{args.model} is already an exported classifier")
     config, classifier, names = _adapted(args)
-    export_classifier(config, classifier.learner, classifier, names, args.out)
+    export_classifier(config, classifier, names, args.out)
     print(f"exported a {len(names)}-class classifier to {args.out} ({args.out.stat().st_size // 1024} KiB)")
 
 

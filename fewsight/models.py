@@ -12,7 +12,7 @@ from torch import nn
 from fewsight.algorithms import MAML, AdaptedClassifier, MetaLearner, ParameterPredictor, PredictedClassifier
 from fewsight.checkpoints import serialise, write_atomic
 from fewsight.errors import FewsightError
-from fewsight.runs import RunConfig, build_learner, load_learner
+from fewsight.runs import MODEL_BASED, RunConfig, build_learner, load_learner
 
 BUNDLED = Path(__file__).parent / "models"
 EXPORT_FORMAT = "fewsight-classifier/1"
@@ -37,9 +37,8 @@ def resolve_run(model: str | Path) -> Path:
 
 
 def max_ways(config: RunConfig) -> int | None:
-    """The most classes a model takes: the MAML family's head is fixed, model-based ones take any."""
-    from fewsight.runs import MODEL_BASED
-
+    """The number of classes a model must take: the MAML family's head is fixed (its training ways);
+    None for the model-based family, which takes any number."""
     return None if config.algorithm in MODEL_BASED else config.ways
 
 
@@ -52,9 +51,7 @@ def adapted_state(classifier: nn.Module) -> dict[str, torch.Tensor]:
     raise FewsightError("only classifiers returned by a fewsight learner's adapt() can be exported")
 
 
-def export_classifier(
-    config: RunConfig, learner: MetaLearner, classifier: nn.Module, class_names: list[str], out: Path
-) -> None:
+def export_classifier(config: RunConfig, classifier: nn.Module, class_names: list[str], out: Path) -> None:
     """Write an adapted classifier as one small file (weights_only-loadable: tensors and strings).
 
     It holds the meta-learned weights, the task's adapted parameters or predicted head, the class
@@ -64,7 +61,7 @@ def export_classifier(
     state = {
         "format": EXPORT_FORMAT,
         "config": json.dumps(asdict(config)),
-        "learner": {k: v.cpu() for k, v in learner.state_dict().items()},
+        "learner": {k: v.cpu() for k, v in classifier.learner.state_dict().items()},
         "adapted": {k: v.detach().cpu() for k, v in adapted_state(classifier).items()},
         "class_names": list(class_names),
         "support_x": support,
