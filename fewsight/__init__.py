@@ -11,6 +11,7 @@ from fewsight.algorithms import (
     ParameterPredictor,
     PredictedClassifier,
     ProtoNet,
+    Reptile,
     TaskHypernetwork,
     WeightPrediction,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "ParameterPredictor",
     "PredictedClassifier",
     "ProtoNet",
+    "Reptile",
     "TaskBatch",
     "TaskBatchNorm",
     "TaskHypernetwork",

@@ -17,6 +17,7 @@ from fewsight.algorithms import (
     MetaLearner,
     MetaSGD,
     ProtoNet,
+    Reptile,
     TaskHypernetwork,
     WeightPrediction,
 )
@@ -28,7 +29,7 @@ from fewsight.data.omniglot import DRAWERS, DRAWING_SIZE, PROTOCOLS
 from fewsight.errors import FewsightError
 from fewsight.nets import Conv4
 
-GRADIENT_BASED = ("maml", "fomaml", "metasgd", "anil")
+GRADIENT_BASED = ("maml", "fomaml", "metasgd", "anil", "reptile")
 MODEL_BASED = ("protonet", "weightpred", "hypernet", "leo")
 ALGORITHMS = GRADIENT_BASED + MODEL_BASED
 DATASETS = ("omniglot", "miniimagenet")
@@ -207,6 +208,8 @@ def build_learner(config: RunConfig) -> MetaLearner:
         return MetaSGD(backbone, **options)
     if config.algorithm == "anil":
         return ANIL(backbone, **options)
+    if config.algorithm == "reptile":
+        return Reptile(backbone, **options)
     return MAML(backbone, first_order=config.algorithm == "fomaml", **options)
 
 

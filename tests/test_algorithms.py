@@ -1,9 +1,11 @@
 """The vectorised inner loop against the plain per-task reference, in float64."""
 
+from copy import deepcopy as copy_module
+
 import pytest
 import torch
 
-from fewsight.algorithms import ANIL, MAML, MetaSGD
+from fewsight.algorithms import ANIL, MAML, MetaSGD, Reptile
 from fewsight.data import EpisodeSampler
 from fewsight.nets import Conv4
 from tests.conftest import assert_meta_training_lowers_the_loss
@@ -80,3 +82,24 @@ def test_a_few_meta_steps_lower_the_loss(omniglot_train, variant):
     torch.manual_seed(0)
     sampler = EpisodeSampler(omniglot_train, ways=5, shots=1, queries=5)
     assert_meta_training_lowers_the_loss(algorithm(Conv4(5), inner_lr=0.4), sampler)
+
+
+def test_reptile_meta_gradient_is_the_pull_towards_the_adapted_weights(batch64):
+    torch.manual_seed(0)
+    model = Conv4(5).double()
+    learner = Reptile(model, inner_lr=0.1, steps=3)
+    learner.meta_loss(batch64).loss.backward()
+    expected = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    for task in range(batch64.tasks):  # plain SGD on a copy, one task at a time
+        copy = copy_module(model)
+        x = torch.cat([batch64.support_x[task], batch64.query_x[task]])
+        y = torch.cat([batch64.support_y[task], batch64.query_y[task]])
+        optimizer = torch.optim.SGD(copy.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(copy(x), y).backward()
+            optimizer.step()
+        for (name, initial), adapted in zip(model.named_parameters(), copy.parameters(), strict=True):
+            expected[name] += (initial.detach() - adapted.detach()) / batch64.tasks
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-9, atol=1e-12)

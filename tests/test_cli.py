@@ -77,7 +77,7 @@ def test_unknown_algorithm_is_refused_by_the_parser(capsys):
 
 
 @pytest.mark.parametrize(
-    "algorithm", ["fomaml", "metasgd", "anil", "protonet", "weightpred", "hypernet", "leo"]
+    "algorithm", ["fomaml", "metasgd", "anil", "reptile", "protonet", "weightpred", "hypernet", "leo"]
 )
 def test_every_algorithm_trains_and_evaluates_from_the_cli(omniglot_train, tmp_path, algorithm):
     run = tmp_path / algorithm

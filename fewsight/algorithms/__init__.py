@@ -1,6 +1,6 @@
 """Meta-learning algorithms, one per file, all with the `MetaLearner` interface.
 
-Optimisation-based (adapt by gradient steps): MAML, first-order MAML, MetaSGD, ANIL.
+Optimisation-based (adapt by gradient steps): MAML, first-order MAML, MetaSGD, ANIL, Reptile.
 Model-based (predict the task's parameters): ProtoNet, WeightPrediction, TaskHypernetwork, LEO.
 """
 
@@ -12,6 +12,7 @@ from fewsight.algorithms.maml import MAML, AdaptedClassifier
 from fewsight.algorithms.metasgd import MetaSGD
 from fewsight.algorithms.predictor import ParameterPredictor, PredictedClassifier, class_means
 from fewsight.algorithms.protonet import ProtoNet
+from fewsight.algorithms.reptile import Reptile
 from fewsight.algorithms.weight_prediction import WeightPrediction
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ParameterPredictor",
     "PredictedClassifier",
     "ProtoNet",
+    "Reptile",
     "TaskHypernetwork",
     "WeightPrediction",
     "class_means",
