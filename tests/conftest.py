@@ -92,3 +92,11 @@ def metrics(run: Path) -> list[dict]:
     """A run's metrics rows without tasks_per_s, the one value that depends on the machine's speed."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if k != "tasks_per_s"} for row in rows]
+
+
+def train_tiny(run: Path, *extra: str) -> None:
+    """A tiny MAML run on Omniglot, on the CPU: 2 steps of 1 task with 1 query per class."""
+    from fewsight.cli import main
+
+    flags = ["--steps", "2", "--meta-batch", "1", "--queries", "1", "--log-every", "1", "--quiet"]
+    assert main(["train", *flags, "--device", "cpu", *extra, "--out", str(run)]) == 0

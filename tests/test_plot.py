@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from fewsight.cli import main
+from tests.conftest import train_tiny
 
 pytest.importorskip("matplotlib")
 
@@ -18,24 +19,7 @@ def test_plots_of_the_bundled_model(omniglot_train, tmp_path):
 
 def test_accuracy_against_adaptation_steps_for_maml(omniglot_train, tmp_path):
     run = tmp_path / "run"
-    main(
-        [
-            "train",
-            "--steps",
-            "2",
-            "--meta-batch",
-            "1",
-            "--queries",
-            "1",
-            "--log-every",
-            "1",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--out",
-            str(run),
-        ]
-    )
+    train_tiny(run)
     assert main(["plot", str(run), "--max-steps", "2", "--episodes", "2", "--quiet", "--device", "cpu"]) == 0
     assert {p.name for p in (run / "plots").iterdir()} == {"curves.png", "episode.png", "steps.png"}
 
@@ -43,25 +27,7 @@ def test_accuracy_against_adaptation_steps_for_maml(omniglot_train, tmp_path):
 def test_tensorboard_event_files_during_training(omniglot_train, tmp_path):
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     run = tmp_path / "run"
-    main(
-        [
-            "train",
-            "--steps",
-            "2",
-            "--meta-batch",
-            "1",
-            "--queries",
-            "1",
-            "--log-every",
-            "1",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--tensorboard",
-            "--out",
-            str(run),
-        ]
-    )
+    train_tiny(run, "--tensorboard")
     events = accumulator.EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [event.step for event in events.Scalars("loss")] == [1, 2]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fewsight.cli import main
-from tests.conftest import SHARED_DATA, make_task
+from tests.conftest import SHARED_DATA, make_task, train_tiny
 
 
 def read_csv(path: Path) -> list[list[str]]:
@@ -100,22 +100,7 @@ def test_bad_support_and_queries_name_the_file_or_fix(drawings, tmp_path, capsys
 
 def test_a_maml_run_takes_exactly_its_number_of_classes(omniglot_train, drawings, tmp_path, capsys):
     run = tmp_path / "run"
-    main(
-        [
-            "train",
-            "--steps",
-            "1",
-            "--meta-batch",
-            "1",
-            "--queries",
-            "1",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--out",
-            str(run),
-        ]
-    )
+    train_tiny(run)
     support, query = make_task(drawings, tmp_path, classes=3)
     assert main(["predict", str(run), "--support", str(support), "--query", str(query)]) == 2
     assert "takes exactly 5 classes" in capsys.readouterr().err
