@@ -17,7 +17,7 @@ import fewsight.train
 from fewsight.cli import main
 from fewsight.data import EpisodeSampler, LabelledImages
 from fewsight.errors import FewsightError
-from fewsight.runs import ALGORITHMS
+from fewsight.runs import ALGORITHMS, GRADIENT_BASED
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
@@ -201,12 +201,13 @@ def check_run(run: Path, argv: list[str]) -> None:
     asked = dict(arg.split("=", 1) for arg in argv if "=" in arg)
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     assert saved["step"] == int(asked["--steps"])
-    assert saved["learner"]["model.head.weight"].shape == (int(asked.get("--ways", 5)), 64)
+    if asked.get("--algorithm", "maml") in GRADIENT_BASED:  # the model-based family has no fixed head
+        assert saved["learner"]["model.head.weight"].shape == (int(asked.get("--ways", 5)), 64)
     assert all(value.isfinite().all() for value in saved["learner"].values())
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == saved["step"]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=command_lines())
 def test_random_command_lines_give_a_result_or_a_clear_error(trained, case):
     argv, faulty = case
@@ -234,7 +235,7 @@ def labelled_images(draw) -> LabelledImages:
     return LabelledImages(images.contiguous(), labels, [f"class{c}" for c in range(len(counts))])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, derandomize=True, deadline=None)
 @given(
     data=labelled_images(),
     ways=st.integers(-1, 9),
