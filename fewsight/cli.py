@@ -153,6 +153,23 @@ def _plot_parser(commands: argparse._SubParsersAction) -> None:
     _common(parser)
 
 
+def _bench_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "bench",
+        help="time meta-steps of every algorithm and implementation",
+        description="Median time per meta-step, tasks per second, peak GPU memory and time to the first "
+        "step, on random images of each data set's shape, after checking each implementation's "
+        "meta-gradient against the float64 per-task reference; then the episode sampler's speed.",
+    )
+    parser.add_argument("--dataset", nargs="+", choices=("omniglot", "miniimagenet"), help="default: both")
+    parser.add_argument("--algorithm", nargs="+", choices=ALGORITHMS, help="default: all")
+    parser.add_argument(
+        "--repeats", type=int, default=20, help="timed meta-steps per row (default: %(default)s)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewsight", description="Few-shot recognition by meta-learning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     _predict_parser(commands)
     _export_parser(commands)
     _plot_parser(commands)
+    _bench_parser(commands)
     return parser
 
 
@@ -326,6 +344,24 @@ def _run_plot(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(path) for path in written))
 
 
+def _run_bench(args: argparse.Namespace) -> None:
+    from fewsight import bench
+
+    if args.repeats < 3:
+        raise FewsightError("--repeats must be at least 3")
+    device = _device(args.device)
+    cases = bench.select(bench.SUITE, args.dataset, args.algorithm)
+    rows = bench.run_suite(
+        cases, device, repeats=args.repeats, report=lambda row: print(bench.markdown([row]).splitlines()[-1])
+    )
+    print("\n" + bench.markdown(rows))
+    for tasks in (32, 1024):
+        speed = bench.sampler_speed(device, tasks)
+        print(f"episode sampler: {speed:,.0f} Omniglot episodes/s in meta-batches of {tasks}")
+    if args.json:
+        args.json.write_text(json.dumps(bench.as_dicts(rows), indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv`; returns the exit status (2 for a problem it explains on stderr)."""
     args = build_parser().parse_args(argv)
@@ -336,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             "predict": _run_predict,
             "export": _run_export,
             "plot": _run_plot,
+            "bench": _run_bench,
         }
         commands[args.command](args)
     except (FewsightError, OSError) as error:  # OSError: a full disk, a folder that cannot be written
