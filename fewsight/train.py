@@ -17,7 +17,7 @@ from fewsight.data import EpisodeSampler
 from fewsight.distributed import all_sum, average_gradients, is_main, setup, share, world
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
-from fewsight.runs import RunConfig, assign_classes, build_learner, load_checkpoint, load_split
+from fewsight.runs import MODEL_BASED, RunConfig, assign_classes, build_learner, load_checkpoint, load_split
 from fewsight.signals import StopRequests
 
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)
@@ -34,6 +34,17 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise FewsightError("this GPU has no bf16 support; drop --bf16")
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _validation_sampler(
+    config: RunConfig, data_root: str | os.PathLike | None, device: torch.device
+) -> EpisodeSampler:
+    """Validation episodes in the training shape; the model-based family, which takes any number of
+    classes, validates at fewer ways when the split has fewer classes (ProtoNet trains 20-way on
+    miniImageNet, whose validation split has 16)."""
+    data = load_split(config, "val", data_root)
+    ways = config.ways if config.algorithm not in MODEL_BASED else min(config.ways, data.num_classes)
+    return EpisodeSampler(data, ways, config.shots, config.queries, device)
 
 
 def train(
@@ -86,13 +97,7 @@ def train(
     sampler = EpisodeSampler(
         load_split(config, train_split, data_root), config.ways, config.shots, config.queries, device
     )
-    validation = (
-        None
-        if config.trainval
-        else EpisodeSampler(
-            load_split(config, "val", data_root), config.ways, config.shots, config.queries, device
-        )
-    )
+    validation = None if config.trainval else _validation_sampler(config, data_root, device)
 
     if config.base_mix > 0:
         config.base_classes = sampler.num_classes  # one stored weight vector per training class
