@@ -2,7 +2,7 @@
 # The Omniglot runs behind docs/RESULTS.md, side by side on one GPU, each stopped (with a
 # checkpoint) after $SECONDS_PER_CALL seconds so that they resume across calls of a time-limited
 # machine, then evaluated on 1,000 test episodes.
-# Usage: benchmarks/omniglot_results.sh {maml-family|model-based} RUNS_DIR [--resume]
+# Usage: benchmarks/omniglot_results.sh {maml-family|model-based|five-shot} RUNS_DIR [--resume]
 set -u
 family=${1:?family}; runs=${2:?RUNS_DIR}; resume=${3:-}
 limit=${SECONDS_PER_CALL:-480}
@@ -37,6 +37,17 @@ case $family in
     launch leo-5w1s --algorithm leo "${five[@]}" --inner-steps 5 --inner-lr 1.0
     launch leo-20w1s --algorithm leo "${twenty[@]}" --inner-steps 5 --inner-lr 1.0
     ;;
+  five-shot)
+    # The 5-shot cells of the MAML family's and the model-based family's leading methods.
+    launch maml-5w5s --algorithm maml --ways 5 --shots 5 --meta-batch 32 --inner-lr 0.4 --inner-steps 1 \
+      --eval-inner-steps 3
+    launch maml-20w5s --algorithm maml --ways 20 --shots 5 --meta-batch 16 --inner-lr 0.1 --inner-steps 5 \
+      --eval-inner-steps 5
+    for algorithm in protonet hypernet; do
+      launch "$algorithm-5w5s" --algorithm "$algorithm" --ways 5 --shots 5 --meta-batch 32
+      launch "$algorithm-20w5s" --algorithm "$algorithm" --ways 20 --shots 5 --meta-batch 16
+    done
+    ;;
   *) echo "unknown family $family" >&2; exit 2 ;;
 esac
 wait
@@ -48,3 +59,4 @@ for name in "${names[@]}"; do
   echo "== $name: $(tail -n 1 "$runs/$name/metrics.jsonl")"
   cat "$runs/$name.eval.json"; tail -c 300 "$runs/$name.log"; echo
 done
+touch "$runs.done"

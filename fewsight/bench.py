@@ -20,6 +20,7 @@ import torch
 from fewsight.algorithms import MetaLearner
 from fewsight.data.episodes import EpisodeSampler, TaskBatch
 from fewsight.data.images import LabelledImages
+from fewsight.graphs import capture, static_copy
 from fewsight.runs import CHANNELS, DEFAULT_IMAGE_SIZE, GRADIENT_BASED, RunConfig, build_learner
 
 MetaGradient = Callable[[], dict[str, torch.Tensor]]
@@ -105,9 +106,34 @@ def fewsight_implementation(per_task: bool, bf16: bool = False) -> Implementatio
     return make
 
 
+def graphed_implementation() -> Implementation:
+    """fewsight's vmapped meta-gradient recorded once as a CUDA graph and replayed."""
+
+    def make(learner: MetaLearner, batch: TaskBatch) -> MetaGradient:
+        learner.per_task = False
+        static = static_copy(batch)
+
+        def step() -> None:
+            learner.zero_grad(set_to_none=False)
+            learner.meta_loss(static).loss.backward()
+
+        graph, _ = capture(step)
+        gradients = {name: p.grad for name, p in learner.named_parameters() if p.grad is not None}
+
+        def replay() -> dict[str, torch.Tensor]:
+            graph.replay()
+            return gradients
+
+        return replay
+
+    return make
+
+
 def implementations(case: Case) -> dict[str, Implementation]:
     """fewsight's implementations that apply to a case (the loop only for the MAML family)."""
     found = {"fewsight vmap": fewsight_implementation(per_task=False)}
+    if torch.cuda.is_available():
+        found["fewsight vmap + CUDA graph"] = graphed_implementation()
     if case.algorithm in GRADIENT_BASED:
         found["fewsight vmap bf16"] = fewsight_implementation(per_task=False, bf16=True)
         found["per-task loop"] = fewsight_implementation(per_task=True)

@@ -1,0 +1,105 @@
+"""CUDA graphs: record one whole meta-training step (meta-loss, backward, optimiser step) once, then
+replay it. A vmapped MAML step is hundreds of small kernels whose Python dispatch costs more than the
+kernels themselves; a replay launches them all at once, with no Python in between."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TypeVar
+
+import torch
+
+from fewsight.algorithms import MetaLearner
+from fewsight.data.episodes import TaskBatch
+
+T = TypeVar("T")
+
+
+def capture(step: Callable[[], T], warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, T]:
+    """Record `step`, which must read only tensors that stay in place, as a CUDA graph after `warmup`
+    eager runs on a side stream (as PyTorch requires). Returns the graph and the step's outputs, which
+    every `graph.replay()` overwrites."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    return graph, outputs
+
+
+def static_copy(batch: TaskBatch) -> TaskBatch:
+    """A meta-batch whose tensors a graph reads; `load` refills them in place."""
+    return TaskBatch(*(None if t is None else t.clone() for t in _tensors(batch)))
+
+
+def load(static: TaskBatch, batch: TaskBatch) -> None:
+    """Copy a freshly sampled meta-batch into the graph's input tensors."""
+    for target, source in zip(_tensors(static), _tensors(batch), strict=True):
+        if target is not None:
+            target.copy_(source)
+
+
+def _tensors(batch: TaskBatch) -> tuple[torch.Tensor | None, ...]:
+    return (batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.classes)
+
+
+class GraphedTrainingStep:
+    """A meta-training step replayed from a CUDA graph: `step(batch)` returns (loss, accuracy).
+
+    The optimiser must be built with `capturable=True`. The warm-up runs that capturing needs would
+    move the weights, so the learner's and optimiser's tensors are put back before recording: training
+    goes on exactly as without the graph.
+    """
+
+    def __init__(
+        self,
+        learner: MetaLearner,
+        optimizer: torch.optim.Optimizer,
+        example: TaskBatch,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> None:
+        self.learner, self.optimizer, self.autocast = learner, optimizer, autocast
+        self.batch = static_copy(example)
+        saved = _snapshot(learner, optimizer)
+        self.graph, self.outputs = capture(self._step)
+        _restore(saved)
+
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=False)  # in the graph: gradients keep their addresses
+        with self.autocast():
+            result = self.learner.meta_loss(self.batch)
+        result.loss.backward()
+        self.optimizer.step()
+        return result.loss.detach(), result.accuracy.detach()
+
+    def __call__(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        load(self.batch, batch)
+        self.graph.replay()
+        return self.outputs
+
+
+def _snapshot(
+    learner: MetaLearner, optimizer: torch.optim.Optimizer
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(tensor, copy) for every weight, buffer and optimiser state tensor. A fresh optimiser's state
+    is created first, by a step with zero gradients, and recorded as zeros (step 0, no moments)."""
+    weights = [*learner.parameters(), *learner.buffers()]
+    saved = [(t, t.detach().clone()) for t in weights]
+    fresh = not optimizer.state
+    if fresh:
+        for p in learner.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    return saved + [(t, torch.zeros_like(t) if fresh else t.detach().clone()) for t in state]
+
+
+def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for tensor, copy in saved:
+            tensor.copy_(copy)
