@@ -67,6 +67,11 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs that support it)")
     parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="record the meta-training step once as a CUDA graph and replay it (one GPU, one process)",
+    )
+    parser.add_argument(
         "--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard"
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")

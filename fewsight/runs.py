@@ -64,6 +64,7 @@ class RunConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     bf16: bool = False
+    cuda_graphs: bool = False
     class_split: dict[str, list[str]] | None = None  # a user's own data set: classes of each split
 
     def validate(self) -> None:

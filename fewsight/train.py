@@ -12,11 +12,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from fewsight.algorithms import MetaLearner
 from fewsight.checkpoints import save_checkpoint, write_atomic
 from fewsight.data import EpisodeSampler
+from fewsight.data.episodes import TaskBatch
 from fewsight.distributed import all_sum, average_gradients, is_main, setup, share, world
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
+from fewsight.graphs import GraphedTrainingStep
 from fewsight.runs import MODEL_BASED, RunConfig, assign_classes, build_learner, load_checkpoint, load_split
 from fewsight.signals import StopRequests
 
@@ -33,7 +36,23 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
         return contextlib.nullcontext()
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise FewsightError("this GPU has no bf16 support; drop --bf16")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)  # graph-safe
+
+
+def _eager_step(
+    learner: MetaLearner,
+    optimizer: torch.optim.Optimizer,
+    batch: TaskBatch,
+    autocast: contextlib.AbstractContextManager,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One meta-training step, gradients averaged over the processes: (loss, accuracy) on the device."""
+    with autocast:
+        result = learner.meta_loss(batch)
+    optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    average_gradients(learner.parameters())
+    optimizer.step()
+    return result.loss.detach(), result.accuracy.detach()
 
 
 def _validation_sampler(
@@ -90,6 +109,8 @@ def train(
         state = None
     config.validate()
     _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
+    if config.cuda_graphs and (device.type != "cuda" or processes > 1):
+        raise FewsightError("--cuda-graphs needs a GPU and a single process; drop --cuda-graphs")
     writer_class = _tensorboard_writer_class() if tensorboard else None
     part = share(config.meta_batch)
     assign_classes(config)
@@ -103,7 +124,8 @@ def train(
         config.base_classes = sampler.num_classes  # one stored weight vector per training class
     torch.manual_seed(config.seed)
     learner = build_learner(config).to(device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr, capturable=config.cuda_graphs)
+    graphed: GraphedTrainingStep | None = None
     generator = sampler.generator(config.seed)
     # Sums over the steps since the last metrics row, kept on the device (no host sync per step).
     loss_sum = torch.zeros((), device=device)
@@ -159,15 +181,17 @@ def train(
         with StopRequests() as stop:
             for step in range(start + 1, config.steps + 1):
                 batch = sampler.sample(config.meta_batch, generator, part)
-                with _autocast(device, config.bf16):
-                    result = learner.meta_loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                result.loss.backward()
-                average_gradients(learner.parameters())
-                optimizer.step()
+                if config.cuda_graphs:
+                    if graphed is None:
+                        graphed = GraphedTrainingStep(
+                            learner, optimizer, batch, lambda: _autocast(device, config.bf16)
+                        )
+                    loss, accuracy = graphed(batch)
+                else:
+                    loss, accuracy = _eager_step(learner, optimizer, batch, _autocast(device, config.bf16))
                 interval_steps += 1
-                loss_sum += result.loss.detach()
-                accuracy_sum += result.accuracy.detach()
+                loss_sum += loss
+                accuracy_sum += accuracy
                 bar.update()
                 if step % config.log_every == 0 or step == config.steps:
                     row = {

@@ -62,3 +62,10 @@ def test_replayed_training_equals_eager_training(omniglot_train, algorithm):
         weights.append(learner.state_dict())
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_cuda_graphs_on_the_cpu_get_a_clear_error(tmp_path, capsys):
+    from fewsight.cli import main
+
+    assert main(["train", "--cuda-graphs", "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    assert "--cuda-graphs needs a GPU" in capsys.readouterr().err
