@@ -16,7 +16,7 @@ from fewsight.nets import Conv4
 def learner_and_batch(omniglot_train):
     sampler = EpisodeSampler(omniglot_train, ways=5, shots=1, queries=1, dtype=torch.float64)
     torch.manual_seed(0)
-    learner = MAML(Conv4(5).double(), inner_lr=0.4, steps=2, per_task=True)
+    learner = MAML(Conv4(5, hidden=16).double(), inner_lr=0.4, steps=2, per_task=True)
     return learner, sampler.sample(2, sampler.generator(0))
 
 
