@@ -5,7 +5,8 @@ Every peer loops over the tasks of a batch with its own inner-loop machinery (le
 of the fewsight model: the same weights, with torch's batch norm (batch statistics, no running
 state, as fewsight's transductive norm) in place of fewsight's own. Each step backpropagates the
 query loss of every task divided by the task count, as ``MAML.meta_loss`` averages it, and returns
-the meta-gradient by parameter name, so it can be checked against fewsight's before it is timed.
+the meta-gradient by parameter name, so that fewsight.bench checks it against fewsight's before
+timing it (benchmarks/run.py picks up `implementations`).
 The peers are an optional extra (``pip install fewsight[peers]``); see benchmarks/README.md.
 """
 
@@ -15,12 +16,14 @@ import copy
 import importlib.util
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fewsight.algorithms import MAML
+from fewsight.bench import Case, Implementation
 from fewsight.data.episodes import TaskBatch
 from fewsight.nets.batchnorm import TaskBatchNorm
 
@@ -52,16 +55,16 @@ def torch_twin(model: nn.Module) -> nn.Module:
     return model
 
 
-def fewsight_meta_gradient(learner: MAML, batch: TaskBatch) -> Grads:
-    """fewsight's meta-gradient of `batch`, by parameter name of `learner.model` (the reference)."""
-    params = dict(learner.model.named_parameters())
-    grads = torch.autograd.grad(learner.meta_loss(batch).loss, list(params.values()))
-    return dict(zip(params, grads, strict=True))
-
-
 def available_peers() -> list[str]:
     """The peers installed here."""
     return [name for name in PEERS if importlib.util.find_spec(name) is not None]
+
+
+def implementations(case: Case) -> dict[str, Implementation]:
+    """The installed peers' meta-steps for a second-order MAML case of fewsight's benchmark suite."""
+    if case.algorithm != "maml":
+        return {}
+    return {name: partial(make_peer_step, name) for name in available_peers()}
 
 
 def learn2learn_adapter(model: nn.Module, inner_lr: float, steps: int) -> Adapt:
@@ -122,7 +125,8 @@ def make_peer_step(name: str, learner: MAML, batch: TaskBatch) -> Callable[[], G
     """One meta-step of `learner`'s MAML on `batch` with peer `name`: call it for the meta-gradient.
 
     The peer works on its own twin of `learner.model` (same weights, device and dtype); the step
-    clears and refills the twin's gradients, and returns them by parameter name of `learner.model`.
+    clears and refills the twin's gradients, and returns them under the learner's parameter names
+    (``model.blocks.0.conv.weight``...), as fewsight.bench's implementations do.
     """
     if name not in ADAPTERS:
         raise ValueError(f"unknown peer {name!r}: choose from {', '.join(PEERS)}")
@@ -130,6 +134,7 @@ def make_peer_step(name: str, learner: MAML, batch: TaskBatch) -> Callable[[], G
         raise ValueError("the peers run plain second-order transductive MAML only")
     if learner.adapted != [n for n, _ in learner.model.named_parameters()]:
         raise ValueError("the peers adapt every parameter, as MAML does by default")
+    # Only the model's parameters are meta-learned (no learned rates), under the prefix "model.".
     model = torch_twin(learner.model).train()
     params = dict(model.named_parameters())
     adapter = ADAPTERS[name](model, learner.inner_lr, learner.steps)
@@ -146,6 +151,6 @@ def make_peer_step(name: str, learner: MAML, batch: TaskBatch) -> Callable[[], G
             with adapter(support) as adapted:
                 query_loss = F.cross_entropy(adapted(batch.query_x[t]), batch.query_y[t])
                 (query_loss / tasks).backward()
-        return {n: p.grad for n, p in params.items()}
+        return {f"model.{n}": p.grad for n, p in params.items()}
 
     return step

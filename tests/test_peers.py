@@ -3,10 +3,13 @@
 The peers are an optional extra that CI does not install: each case skips when its peer is absent.
 """
 
+import importlib.util
+
 import pytest
 import torch
 
-from benchmarks.peers import PEERS, fewsight_meta_gradient, make_peer_step, torch_twin
+from benchmarks.peers import PEERS, implementations, make_peer_step, torch_twin
+from fewsight import bench
 from fewsight.algorithms import MAML
 from fewsight.data import EpisodeSampler
 from fewsight.nets import Conv4
@@ -32,7 +35,9 @@ def test_torch_twin_computes_the_same_logits(learner_and_batch):
 def test_peer_meta_gradient_equals_fewsight(learner_and_batch, peer):
     pytest.importorskip(peer)
     learner, batch = learner_and_batch
-    reference = fewsight_meta_gradient(learner, batch)
+    reference = {
+        k: v.clone() for k, v in bench.fewsight_implementation(per_task=True)(learner, batch)().items()
+    }
     step = make_peer_step(peer, learner, batch)
     for _ in range(2):  # a second call must give the same gradient (no state left behind)
         grads = step()
@@ -41,3 +46,10 @@ def test_peer_meta_gradient_equals_fewsight(learner_and_batch, peer):
         expected = torch.cat([g.flatten() for g in reference.values()])
         relative = (flat - expected).norm() / expected.norm()
         assert relative < 1e-10, f"{peer}: relative error {relative:.1e}"
+
+
+def test_implementations_offer_the_installed_peers_for_maml_only():
+    maml = bench.Case("omniglot", "maml", ways=5, shots=1, meta_batch=2)
+    installed = [peer for peer in PEERS if importlib.util.find_spec(peer) is not None]
+    assert list(implementations(maml)) == installed
+    assert implementations(bench.Case("omniglot", "fomaml", ways=5, shots=1, meta_batch=2)) == {}
