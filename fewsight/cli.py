@@ -12,6 +12,8 @@ from fewsight.errors import FewsightError
 from fewsight.runs import ALGORITHMS, RunConfig
 
 _DEFAULTS = RunConfig()
+_RESOLVED_LATER = ("image_size", "inner_steps", "eval_inner_steps")  # their defaults depend on other flags
+MAMLPP_INNER_STEPS = 5  # as in the MAML++ paper, at training and test time
 _HELP = {
     "dataset": "omniglot, miniimagenet, or the path of your own folder of class subfolders or CSV "
     "of file,label rows (its classes are split 60/20/20 into train/val/test, saved in config.json)",
@@ -24,8 +26,10 @@ _HELP = {
     "meta_batch": "tasks per meta-update (T)",
     "steps": "meta-updates in all (raise it with --resume to train longer)",
     "inner_lr": "step size of the inner gradient steps (leo: initial latent step size)",
-    "inner_steps": "inner gradient steps while meta-training (leo: latent steps, always)",
-    "eval_inner_steps": "inner gradient steps at validation and test time",
+    "inner_steps": "inner gradient steps while meta-training (leo: latent steps, always) "
+    f"(default: {_DEFAULTS.inner_steps}; mamlpp: {MAMLPP_INNER_STEPS})",
+    "eval_inner_steps": "inner gradient steps at validation and test time "
+    f"(default: {_DEFAULTS.eval_inner_steps}; mamlpp: {MAMLPP_INNER_STEPS})",
     "meta_lr": "Adam's learning rate for the meta-update",
     "base_mix": "weightpred: probability of using a class's stored base weights while meta-training",
     "seed": "seed of the initialisation and of the training episodes",
@@ -33,6 +37,12 @@ _HELP = {
     "val_episodes": "validation episodes (fixed)",
     "log_every": "write a metrics line every this many steps",
     "checkpoint_every": "save a checkpoint every this many steps",
+    "multi_step_loss": "MAML++ multi-step loss: the query loss after every inner step, its weights moved "
+    "towards the last step over this many meta-steps (0: off; mamlpp: 10%% of --steps)",
+    "first_order_steps": "MAML++ derivative-order annealing: first-order meta-gradient for this many "
+    "meta-steps, then second order (mamlpp: a third of --steps)",
+    "task_chunk": "memory: meta-gradient of this many tasks at a time, each chunk's graph freed before "
+    "the next (same result; 0: the whole meta-batch at once)",
 }
 
 
@@ -47,11 +57,11 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         if field.name not in _HELP:
             continue
         default = getattr(_DEFAULTS, field.name)
-        shown = "" if field.name == "image_size" else " (default: %(default)s)"
+        shown = "" if field.name in _RESOLVED_LATER else " (default: %(default)s)"
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
             type=type(default),
-            default=None if field.name == "image_size" else default,
+            default=None if field.name in _RESOLVED_LATER else default,
             choices=choices.get(field.name),
             help=_HELP[field.name] + shown,
         )
@@ -70,6 +80,27 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         "--cuda-graphs",
         action="store_true",
         help="record the meta-training step once as a CUDA graph and replay it (one GPU, one process)",
+    )
+    parser.add_argument(
+        "--learned-inner-lr",
+        action="store_true",
+        help="MAML++: learn one inner step size per parameter tensor and per inner step",
+    )
+    parser.add_argument(
+        "--per-step-bn",
+        action="store_true",
+        help="MAML++: a batch-norm scale and shift for every inner step, meta-learned, not adapted",
+    )
+    parser.add_argument(
+        "--cosine-lr",
+        action="store_true",
+        help="anneal the meta learning rate along a cosine from --meta-lr to 1%% of it over --steps",
+    )
+    parser.add_argument(
+        "--checkpoint-inner",
+        action="store_true",
+        help="memory: recompute each inner step in the backward pass instead of keeping its activations "
+        "(same result, more time)",
     )
     parser.add_argument(
         "--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard"
@@ -220,6 +251,9 @@ def _run_train(args: argparse.Namespace) -> None:
         values["dataset"] = str(Path(args.dataset).resolve())
     if values["image_size"] is None:
         values["image_size"] = DEFAULT_IMAGE_SIZE.get(args.dataset, 84)
+    for name in ("inner_steps", "eval_inner_steps"):
+        if values[name] is None:
+            values[name] = MAMLPP_INNER_STEPS if args.algorithm == "mamlpp" else getattr(_DEFAULTS, name)
     config = RunConfig(**{**values, "transductive": not args.non_transductive})
     config.validate()
     device = _device(args.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from fewsight.data.omniglot import DRAWERS, DRAWING_SIZE, PROTOCOLS
 from fewsight.errors import FewsightError
 from fewsight.nets import Conv4
 
-GRADIENT_BASED = ("maml", "fomaml", "metasgd", "anil", "reptile")
+GRADIENT_BASED = ("maml", "fomaml", "metasgd", "anil", "reptile", "mamlpp")
 MODEL_BASED = ("protonet", "weightpred", "hypernet", "leo")
 ALGORITHMS = GRADIENT_BASED + MODEL_BASED
 DATASETS = ("omniglot", "miniimagenet")
@@ -66,6 +67,14 @@ class RunConfig:
     bf16: bool = False
     cuda_graphs: bool = False
     class_split: dict[str, list[str]] | None = None  # a user's own data set: classes of each split
+    # MAML++ switches (--algorithm mamlpp turns them all on) and memory levers, for the MAML family.
+    multi_step_loss: int = 0  # anneal the multi-step loss over this many meta-steps; 0: off
+    learned_inner_lr: bool = False
+    per_step_bn: bool = False
+    first_order_steps: int = 0  # derivative-order annealing: first order for this many meta-steps
+    cosine_lr: bool = False
+    task_chunk: int = 0  # 0: all tasks of a meta-batch at once
+    checkpoint_inner: bool = False
 
     def validate(self) -> None:
         """Raise a FewsightError naming the fix for settings that cannot work."""
@@ -119,6 +128,25 @@ class RunConfig:
             raise FewsightError("--base-mix is a probability: use a value in [0, 1]")
         if self.base_mix > 0 and self.algorithm != "weightpred":
             raise FewsightError("--base-mix applies to --algorithm weightpred only")
+        for name in ("multi_step_loss", "first_order_steps", "task_chunk"):
+            if getattr(self, name) < 0:
+                raise FewsightError(f"--{name.replace('_', '-')} must be 0 (off) or more")
+        switches = ("multi_step_loss", "learned_inner_lr", "per_step_bn", "first_order_steps")
+        if self.algorithm not in ("maml", "fomaml", "mamlpp") and any(getattr(self, n) for n in switches):
+            raise FewsightError(
+                "the MAML++ switches apply to --algorithm maml, fomaml or mamlpp only; drop them"
+            )
+        scheduled = self.cosine_lr or self.multi_step_loss or self.first_order_steps
+        if self.cuda_graphs and scheduled:
+            raise FewsightError(
+                "--cuda-graphs replays one recorded step, so it cannot follow step-dependent schedules "
+                "(--cosine-lr, --multi-step-loss, --first-order-steps, --algorithm mamlpp); drop one"
+            )
+        memory = self.task_chunk or self.checkpoint_inner
+        if memory and self.algorithm not in ("maml", "fomaml", "mamlpp", "metasgd", "anil"):
+            raise FewsightError(
+                "--task-chunk and --checkpoint-inner apply to maml, fomaml, mamlpp, metasgd and anil only"
+            )
         check_seed(self.seed)
 
     def save(self, folder: Path) -> None:
@@ -179,6 +207,16 @@ def load_split(config: RunConfig, split: str, data_root: str | os.PathLike | Non
     return load_image_files(Path(config.dataset), config.class_split[split], config.image_size)
 
 
+def mamlpp_preset(config: RunConfig) -> None:
+    """Turn on MAML++'s switches for --algorithm mamlpp, with schedules from the run's length: the
+    multi-step loss annealed over the first 10% of the steps, first order for the first third."""
+    if config.algorithm != "mamlpp":
+        return
+    config.learned_inner_lr = config.per_step_bn = config.cosine_lr = True
+    config.multi_step_loss = config.multi_step_loss or max(1, config.steps // 10)
+    config.first_order_steps = config.first_order_steps or config.steps // 3
+
+
 def build_learner(config: RunConfig) -> MetaLearner:
     """A freshly initialised learner for the run's algorithm and backbone."""
     # 64 channels, except for the MAML family on large images (32, as in the MAML paper).
@@ -205,13 +243,26 @@ def build_learner(config: RunConfig) -> MetaLearner:
         eval_steps=config.eval_inner_steps,
         transductive=transductive,
     )
+    if config.task_chunk or config.checkpoint_inner:
+        options.update(task_chunk=config.task_chunk, checkpoint_inner=config.checkpoint_inner)
     if config.algorithm == "metasgd":
         return MetaSGD(backbone, **options)
     if config.algorithm == "anil":
         return ANIL(backbone, **options)
     if config.algorithm == "reptile":
         return Reptile(backbone, **options)
-    return MAML(backbone, first_order=config.algorithm == "fomaml", **options)
+    if config.algorithm == "mamlpp":
+        config = copy.copy(config)
+        mamlpp_preset(config)
+    return MAML(
+        backbone,
+        first_order=config.algorithm == "fomaml",
+        multi_step_loss=config.multi_step_loss,
+        learned_rates=config.learned_inner_lr,
+        per_step_norm=config.per_step_bn,
+        first_order_steps=config.first_order_steps,
+        **options,
+    )
 
 
 def load_checkpoint(folder: Path, device: torch.device | str = "cpu") -> dict:

@@ -20,7 +20,16 @@ from fewsight.distributed import all_sum, average_gradients, is_main, setup, sha
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
 from fewsight.graphs import GraphedTrainingStep
-from fewsight.runs import MODEL_BASED, RunConfig, assign_classes, build_learner, load_checkpoint, load_split
+from fewsight.runs import (
+    MODEL_BASED,
+    RunConfig,
+    assign_classes,
+    build_learner,
+    load_checkpoint,
+    load_split,
+    mamlpp_preset,
+)
+from fewsight.schedules import cosine_lr
 from fewsight.signals import StopRequests
 
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)
@@ -107,6 +116,7 @@ def train(
         raise FewsightError(f"{out} is a file; --out must name a folder")
     else:
         state = None
+        mamlpp_preset(config)  # config.json records the schedules, so a resumed run keeps them
     config.validate()
     _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
     if config.cuda_graphs and (device.type != "cuda" or processes > 1):
@@ -181,6 +191,10 @@ def train(
         with StopRequests() as stop:
             for step in range(start + 1, config.steps + 1):
                 batch = sampler.sample(config.meta_batch, generator, part)
+                learner.schedule(step)
+                if config.cosine_lr:
+                    for group in optimizer.param_groups:
+                        group["lr"] = cosine_lr(config.meta_lr, step, config.steps)
                 if config.cuda_graphs:
                     if graphed is None:
                         graphed = GraphedTrainingStep(

@@ -35,6 +35,10 @@ class MetaLearner(nn.Module):
         mapping images (B, C, H, W) to logits (B, N)."""
         raise NotImplementedError
 
+    def schedule(self, step: int) -> None:
+        """Tell the learner the meta-training step about to run (1, 2, ...), for schedules such as
+        MAML++'s; the training loop calls it before every step. Most algorithms have none."""
+
     def meta_loss(self, batch: TaskBatch) -> MetaLoss:
         """Query loss after adaptation, averaged over the tasks: call `.backward()` on `.loss`."""
         return self._loss_and_accuracy(self.query_logits(batch), batch)

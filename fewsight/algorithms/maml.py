@@ -6,6 +6,10 @@ at once (``torch.vmap`` over ``torch.func.grad``), and ``.backward()`` on the me
 second-order meta-gradient (or the first-order one with ``first_order=True``). A plain loop over
 tasks with ``torch.autograd.grad`` is kept as the reference, and serves as the fallback for models
 that vmap cannot take.
+
+MAML++'s improvements (Antoniou et al. 2019) are switches on the same class: the multi-step loss,
+learned per-layer per-step inner learning rates, per-step batch-norm weights and biases, and
+derivative-order annealing; and two memory levers: tasks in chunks and a recomputed inner loop.
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fewsight.algorithms.base import MetaLearner
+from fewsight.algorithms.base import MetaLearner, MetaLoss
+from fewsight.algorithms.recompute import recompute
 from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
+from fewsight.nets.batchnorm import TaskBatchNorm
+from fewsight.schedules import multi_step_weights
 
 Params = dict[str, torch.Tensor]
+Step = Callable[[Params, torch.Tensor, torch.Tensor, int], Params]  # one inner step: fast -> fast
 T = TypeVar("T")
 
 
@@ -56,6 +64,14 @@ class MAML(MetaLearner):
         per_task: True loops over tasks; False forces vmap; None (default) tries vmap and falls
             back to the loop, with a warning, for a model that vmap cannot take.
         adapted: which parameter names the inner loop adapts (default: all).
+        multi_step_loss: MAML++'s multi-step loss: the query loss after every inner step, weighted,
+            the weights annealed towards the last step over this many meta-steps (0: off).
+        learned_rates: MAML++'s learned step size per adapted tensor and per inner step.
+        per_step_norm: MAML++'s per-step batch norm: a scale and shift of every TaskBatchNorm for
+            each inner step (step 0 uses the model's own), meta-learned, not adapted.
+        first_order_steps: derivative-order annealing: first order for this many meta-steps.
+        task_chunk: memory lever: meta-gradient of this many tasks at a time (0: all at once).
+        checkpoint_inner: memory lever: recompute each inner step in the backward pass.
     """
 
     def __init__(
@@ -68,10 +84,18 @@ class MAML(MetaLearner):
         transductive: bool = True,
         per_task: bool | None = None,
         adapted: list[str] | None = None,
+        multi_step_loss: int = 0,
+        learned_rates: bool = False,
+        per_step_norm: bool = False,
+        first_order_steps: int = 0,
+        task_chunk: int = 0,
+        checkpoint_inner: bool = False,
     ) -> None:
         super().__init__()
         if steps < 1 or (eval_steps is not None and eval_steps < 1):
             raise FewsightError("inner steps must be at least 1")
+        if min(multi_step_loss, first_order_steps, task_chunk) < 0:
+            raise FewsightError("multi_step_loss, first_order_steps and task_chunk must be 0 or more")
         if not transductive and "context_size" not in inspect.signature(model.forward).parameters:
             raise FewsightError(
                 "transductive=False needs a model whose forward takes context_size "
@@ -81,15 +105,55 @@ class MAML(MetaLearner):
         self.inner_lr, self.steps = inner_lr, steps
         self.eval_steps = steps if eval_steps is None else eval_steps
         self.first_order, self.transductive, self.per_task = first_order, transductive, per_task
-        names = [name for name, _ in model.named_parameters()]
-        self.adapted = names if adapted is None else adapted
-        unknown = set(self.adapted) - set(names)
+        self.multi_step_loss, self.first_order_steps = multi_step_loss, first_order_steps
+        self.task_chunk, self.checkpoint_inner = task_chunk, checkpoint_inner
+        self.meta_step = 0  # set by `schedule`; drives the multi-step loss and derivative order
+        named = dict(model.named_parameters())
+        self.norms = (
+            [
+                f"{name}.{part}"
+                for name, m in model.named_modules()
+                if isinstance(m, TaskBatchNorm)
+                for part in ("weight", "bias")
+            ]
+            if per_step_norm
+            else []
+        )
+        self.adapted = [name for name in (named if adapted is None else adapted) if name not in self.norms]
+        unknown = set(self.adapted) - set(named)
         if unknown:
             raise FewsightError(f"adapted names {sorted(unknown)} are not parameters of the model")
+        self.step_rates = (
+            nn.ParameterList(
+                nn.Parameter(torch.full((steps,), inner_lr, dtype=named[name].dtype)) for name in self.adapted
+            )
+            if learned_rates
+            else None
+        )
+        self.step_norms = nn.ParameterList(
+            nn.Parameter(named[name].detach().clone().expand(steps - 1, -1).clone()) for name in self.norms
+        )
 
-    def inner_rates(self) -> dict[str, torch.Tensor | float]:
-        """Step size of each adapted parameter (Meta-SGD learns these)."""
-        return dict.fromkeys(self.adapted, self.inner_lr)
+    def schedule(self, step: int) -> None:
+        self.meta_step = step - 1  # meta-steps already taken: 0 for the first
+
+    def inner_rates(self, step: int) -> dict[str, torch.Tensor | float]:
+        """Step size of each adapted parameter at inner step `step` (MetaSGD and LSLR learn these)."""
+        if self.step_rates is None:
+            return dict.fromkeys(self.adapted, self.inner_lr)
+        index = min(step, self.steps - 1)  # extra test-time steps reuse the last step's rate
+        return {name: rates[index] for name, rates in zip(self.adapted, self.step_rates, strict=True)}
+
+    def step_params(self, params: Params, fast: Params, step: int) -> Params:
+        """All parameters for inner step `step`: `fast` adapted ones, that step's norms, the rest."""
+        index = min(step, self.steps - 1)
+        norms = (
+            {} if index == 0 else {n: p[index - 1] for n, p in zip(self.norms, self.step_norms, strict=True)}
+        )
+        return {**params, **norms, **fast}
+
+    def _first_order(self) -> bool:
+        return self.first_order or (self.training and self.meta_step < self.first_order_steps)
 
     def forward_with(
         self, params: Params, x: torch.Tensor, support_x: torch.Tensor | None = None
@@ -104,55 +168,119 @@ class MAML(MetaLearner):
     def _steps(self) -> int:
         return self.steps if self.training else self.eval_steps
 
+    def inner_step(
+        self, params: Params, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int
+    ) -> Params:
+        """One task's adapted parameters after inner step `step` (torch.func.grad: vmap-able)."""
+
+        def support_loss(fast: Params) -> torch.Tensor:
+            logits = self.forward_with(self.step_params(params, fast, step), support_x)
+            return F.cross_entropy(logits, support_y)
+
+        grads = torch.func.grad(support_loss)(fast)
+        if self._first_order():
+            grads = {name: grad.detach() for name, grad in grads.items()}
+        rates = self.inner_rates(step)
+        return {name: fast[name] - rates[name] * grads[name] for name in fast}
+
+    def inner_step_reference(
+        self, params: Params, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int
+    ) -> Params:
+        """The same as `inner_step`, written with plain autograd: the reference and fallback."""
+        tracking = torch.is_grad_enabled()
+        if not tracking:
+            fast = {name: value.detach().requires_grad_() for name, value in fast.items()}
+        with torch.enable_grad():
+            logits = self.forward_with(self.step_params(params, fast, step), support_x)
+            loss = F.cross_entropy(logits, support_y)
+            grads = torch.autograd.grad(
+                loss, list(fast.values()), create_graph=tracking and not self._first_order()
+            )
+        rates = self.inner_rates(step)
+        fast = {name: fast[name] - rates[name] * g for name, g in zip(fast, grads, strict=True)}
+        return fast if tracking else {name: value.detach() for name, value in fast.items()}
+
+    def trajectory(
+        self, inner_step: Step, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int
+    ) -> list[Params]:
+        """The adapted parameters after each of `steps` inner steps, each step recomputed in the
+        backward pass with `checkpoint_inner` (which cannot work inside vmap: see `_batched_logits`)."""
+        leaves = [p for p in self.parameters() if p.requires_grad]
+        recomputing = self.checkpoint_inner and torch.is_grad_enabled() and bool(leaves)
+        names = list(fast)
+
+        def run(step: int, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(
+                inner_step(dict(zip(names, values, strict=True)), support_x, support_y, step).values()
+            )
+
+        after = []
+        for step in range(steps):
+            if recomputing:
+                fast = dict(
+                    zip(names, recompute(partial(run, step), list(fast.values()), leaves), strict=True)
+                )
+            else:
+                fast = inner_step(fast, support_x, support_y, step)
+            after.append(fast)
+        return after
+
     def adapt_params(
         self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int
     ) -> Params:
         """All parameters after `steps` inner steps on one task (torch.func.grad: vmap-able)."""
-        rates = self.inner_rates()
-
-        def support_loss(fast: Params) -> torch.Tensor:
-            return F.cross_entropy(self.forward_with({**params, **fast}, support_x), support_y)
-
         fast = {name: params[name] for name in self.adapted}
-        for _ in range(steps):
-            grads = torch.func.grad(support_loss)(fast)
-            if self.first_order:
-                grads = {name: grad.detach() for name, grad in grads.items()}
-            fast = {name: fast[name] - rates[name] * grads[name] for name in fast}
-        return {**params, **fast}
+        last = self.trajectory(partial(self.inner_step, params), fast, support_x, support_y, steps)[-1]
+        return self.step_params(params, last, steps - 1)
 
     def adapt_params_reference(
         self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int
     ) -> Params:
         """The same as `adapt_params`, written with plain autograd: the reference and fallback."""
-        rates = self.inner_rates()
-        tracking = torch.is_grad_enabled()
         fast = {name: params[name] for name in self.adapted}
-        for _ in range(steps):
-            if not tracking:
-                fast = {name: value.detach().requires_grad_() for name, value in fast.items()}
-            with torch.enable_grad():
-                logits = self.forward_with({**params, **fast}, support_x)
-                loss = F.cross_entropy(logits, support_y)
-                grads = torch.autograd.grad(
-                    loss, list(fast.values()), create_graph=tracking and not self.first_order
-                )
-            fast = {name: fast[name] - rates[name] * g for name, g in zip(fast, grads, strict=True)}
-        if not tracking:
-            fast = {name: value.detach() for name, value in fast.items()}
-        return {**params, **fast}
+        step = partial(self.inner_step_reference, params)
+        return self.step_params(
+            params, self.trajectory(step, fast, support_x, support_y, steps)[-1], steps - 1
+        )
 
     def _task_logits(
         self,
-        adapt: Callable[[Params, torch.Tensor, torch.Tensor, int], Params],
+        inner_step: Step,
         params: Params,
         steps: int,
+        every_step: bool,
         support_x: torch.Tensor,
         support_y: torch.Tensor,
         query_x: torch.Tensor,
     ) -> torch.Tensor:
-        """One task's query logits after adapting with `adapt` (vectorisable or reference)."""
-        return self.forward_with(adapt(params, support_x, support_y, steps), query_x, support_x)
+        """Query logits (K, N*Q, N) of one task after each inner step (K = steps), or after the last
+        (K = 1), adapting with `inner_step` (vectorisable or reference)."""
+        fast = {name: params[name] for name in self.adapted}
+        after = self.trajectory(partial(inner_step, params), fast, support_x, support_y, steps)
+        kept = range(steps) if every_step else [steps - 1]
+        return torch.stack(
+            [self.forward_with(self.step_params(params, after[k], k), query_x, support_x) for k in kept]
+        )
+
+    def _batched_logits(self, params: Params, steps: int, every_step: bool, batch: TaskBatch) -> torch.Tensor:
+        """`_task_logits` for all tasks, each inner step vmapped over tasks on its own, so that
+        `checkpoint_inner` can recompute it (a vmapped function cannot be recomputed from inside)."""
+        fast = {name: params[name].expand(batch.tasks, *params[name].shape) for name in self.adapted}
+
+        def inner_step(fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int) -> Params:
+            one = partial(self.inner_step, params, step=step)
+            return torch.vmap(one, randomness="different")(fast, support_x, support_y)
+
+        after = self.trajectory(inner_step, fast, batch.support_x, batch.support_y, steps)
+        kept = range(steps) if every_step else [steps - 1]
+
+        def logits(k: int) -> torch.Tensor:
+            one = lambda fast, query_x, support_x: self.forward_with(  # noqa: E731
+                self.step_params(params, fast, k), query_x, support_x
+            )
+            return torch.vmap(one, randomness="different")(after[k], batch.query_x, batch.support_x)
+
+        return torch.stack([logits(k) for k in kept], dim=1)
 
     def _with_fallback(self, transformed: Callable[[], T], reference: Callable[[], T]) -> T:
         """Run the torch.func version unless this model needs the plain loop (see `per_task`)."""
@@ -175,17 +303,57 @@ class MAML(MetaLearner):
                 return result
         return reference()
 
-    def query_logits(self, batch: TaskBatch) -> torch.Tensor:
+    def step_logits(self, batch: TaskBatch, every_step: bool) -> torch.Tensor:
+        """Query logits (T, K, N*Q, N) after every inner step (K = steps) or after the last (K = 1)."""
         params = dict(self.model.named_parameters())
         steps = self._steps()
         inputs = (batch.support_x, batch.support_y, batch.query_x)
-        transformed = partial(self._task_logits, self.adapt_params, params, steps)
-        vectorised = torch.vmap(transformed, randomness="different")
-        reference = partial(self._task_logits, self.adapt_params_reference, params, steps)
+        if self.checkpoint_inner and torch.is_grad_enabled():
+            transformed = partial(self._batched_logits, params, steps, every_step, batch)
+        else:
+            task = partial(self._task_logits, self.inner_step, params, steps, every_step)
+            transformed = partial(torch.vmap(task, randomness="different"), *inputs)
+        reference = partial(self._task_logits, self.inner_step_reference, params, steps, every_step)
         return self._with_fallback(
-            lambda: vectorised(*inputs),
+            transformed,
             lambda: torch.stack([reference(*(x[t] for x in inputs)) for t in range(batch.tasks)]),
         )
+
+    def query_logits(self, batch: TaskBatch) -> torch.Tensor:
+        return self.step_logits(batch, every_step=False)[:, -1]
+
+    def _multi_step(self) -> bool:
+        return self.training and self.multi_step_loss > 0 and self.steps > 1
+
+    def meta_loss(self, batch: TaskBatch) -> MetaLoss:
+        """The query loss (after every inner step, weighted, with the multi-step loss), `task_chunk`
+        tasks at a time if set: each chunk's meta-gradient is taken at once and its graph freed."""
+        chunk = self.task_chunk
+        if not chunk or chunk >= batch.tasks or not torch.is_grad_enabled():
+            return self._weighted_loss(batch)
+        leaves = [p for p in self.parameters() if p.requires_grad]
+        loss = accuracy = torch.zeros((), device=batch.query_x.device)
+        sums: list[torch.Tensor | None] = [None] * len(leaves)
+        for start in range(0, batch.tasks, chunk):
+            part = batch.tasks_between(start, min(start + chunk, batch.tasks))
+            result = self._weighted_loss(part)
+            share = part.tasks / batch.tasks
+            grads = torch.autograd.grad(result.loss * share, leaves, allow_unused=True)
+            sums = [s if g is None else g if s is None else s + g for s, g in zip(sums, grads, strict=True)]
+            loss = loss + result.loss.detach() * share
+            accuracy = accuracy + result.accuracy * share
+        # A stand-in whose value is the loss and whose gradient is the summed meta-gradient.
+        pull = sum((p * g).sum() for p, g in zip(leaves, sums, strict=True) if g is not None)
+        return MetaLoss(loss + pull - pull.detach(), accuracy)
+
+    def _weighted_loss(self, batch: TaskBatch) -> MetaLoss:
+        if not self._multi_step():
+            return self._loss_and_accuracy(self.query_logits(batch), batch)
+        logits = self.step_logits(batch, every_step=True)
+        weights = multi_step_weights(self.steps, self.meta_step, self.multi_step_loss)
+        losses = [self._loss_and_accuracy(logits[:, k], batch).loss for k in range(self.steps)]
+        last = self._loss_and_accuracy(logits[:, -1], batch)
+        return MetaLoss(sum(w * loss for w, loss in zip(weights, losses, strict=True)), last.accuracy)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> AdaptedClassifier:
         params = {name: p.detach() for name, p in self.model.named_parameters()}

@@ -19,5 +19,5 @@ class MetaSGD(MAML):
             nn.Parameter(torch.full_like(shapes[name], self.inner_lr)) for name in self.adapted
         )
 
-    def inner_rates(self) -> dict[str, torch.Tensor | float]:
+    def inner_rates(self, step: int) -> dict[str, torch.Tensor | float]:
         return dict(zip(self.adapted, self.rates, strict=True))

@@ -38,8 +38,15 @@ class TaskBatch:
 
     def task(self, index: int) -> TaskBatch:
         """Task `index` alone, as a batch of one."""
-        part = slice(index, index + 1)
-        return TaskBatch(self.support_x[part], self.support_y[part], self.query_x[part], self.query_y[part])
+        return self.tasks_between(index, index + 1)
+
+    def tasks_between(self, start: int, stop: int) -> TaskBatch:
+        """Tasks start..stop-1, as a batch of their own (the classes too, when known)."""
+        part = slice(start, stop)
+        classes = None if self.classes is None else self.classes[part]
+        return TaskBatch(
+            self.support_x[part], self.support_y[part], self.query_x[part], self.query_y[part], classes
+        )
 
 
 class EpisodeSampler:
