@@ -14,11 +14,13 @@ from tqdm import tqdm
 
 from fewsight.checkpoints import save_checkpoint, write_atomic
 from fewsight.data import EpisodeSampler
+from fewsight.data.augment import augment_tasks
 from fewsight.distributed import all_sum, average_gradients, is_main, setup, share, world
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
 from fewsight.runs import RunConfig, assign_classes, build_learner, load_checkpoint, load_split
 from fewsight.signals import StopRequests
+from fewsight.warmstart import load_backbone, run_backbone
 
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)
 _RESUMABLE = ("learner", "optimizer", "generator", "torch_rng", "step", "interval")
@@ -79,6 +81,7 @@ def train(
         state = None
     config.validate()
     _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
+    initial = run_backbone(Path(config.init)) if config.init and state is None else None
     writer_class = _tensorboard_writer_class() if tensorboard else None
     part = share(config.meta_batch)
     assign_classes(config)
@@ -98,6 +101,8 @@ def train(
         config.base_classes = sampler.num_classes  # one stored weight vector per training class
     torch.manual_seed(config.seed)
     learner = build_learner(config).to(device)
+    if initial is not None:
+        load_backbone(learner, initial, config.init)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr)
     generator = sampler.generator(config.seed)
     # Sums over the steps since the last metrics row, kept on the device (no host sync per step).
@@ -154,6 +159,8 @@ def train(
         with StopRequests() as stop:
             for step in range(start + 1, config.steps + 1):
                 batch = sampler.sample(config.meta_batch, generator, part)
+                if config.augment:
+                    batch = augment_tasks(batch, generator)
                 with _autocast(device, config.bf16):
                     result = learner.meta_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
