@@ -81,7 +81,7 @@ def train(
         state = None
     config.validate()
     _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
-    initial = run_backbone(Path(config.init)) if config.init and state is None else None
+    initial = run_backbone(Path(config.init), config) if config.init and state is None else None
     writer_class = _tensorboard_writer_class() if tensorboard else None
     part = share(config.meta_batch)
     assign_classes(config)

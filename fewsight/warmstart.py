@@ -10,7 +10,7 @@ from torch import nn
 
 from fewsight.algorithms import MAML, MetaLearner, ParameterPredictor
 from fewsight.errors import FewsightError
-from fewsight.runs import load_learner
+from fewsight.runs import RunConfig, build_backbone, load_learner
 
 
 def backbone_of(learner: MetaLearner) -> nn.Module:
@@ -27,15 +27,25 @@ def backbone_weights(backbone: nn.Module) -> dict[str, torch.Tensor]:
     return {name: value for name, value in backbone.state_dict().items() if not name.startswith("head.")}
 
 
-def run_backbone(run: Path) -> dict[str, torch.Tensor]:
-    """The backbone weights (head excluded) of a pre-training or training run folder, on the CPU."""
+def run_backbone(run: Path, config: RunConfig | None = None) -> dict[str, torch.Tensor]:
+    """The backbone weights (head excluded) of a pre-training or training run folder, on the CPU;
+    with `config`, checked to fit the backbone that config builds (before any data is loaded)."""
     _, learner = load_learner(Path(run), "cpu")
-    return backbone_weights(backbone_of(learner))
+    weights = backbone_weights(backbone_of(learner))
+    if config is not None:
+        _check_fits(weights, build_backbone(config, None), str(run))
+    return weights
 
 
 def load_backbone(learner: MetaLearner, weights: dict[str, torch.Tensor], source: str) -> None:
     """Copy `weights` (from run_backbone) into the learner's backbone; its head keeps its initialisation."""
     backbone = backbone_of(learner)
+    _check_fits(weights, backbone, source)
+    backbone.load_state_dict(weights, strict=False)
+
+
+def _check_fits(weights: dict[str, torch.Tensor], backbone: nn.Module, source: str) -> None:
+    """Raise a FewsightError unless `weights` have the names and shapes of the backbone's (head excluded)."""
     expected = backbone_weights(backbone)
     fix = "use the same --backbone, --width and data set (channels) as that run"
     if weights.keys() != expected.keys():
@@ -46,4 +56,3 @@ def load_backbone(learner: MetaLearner, weights: dict[str, torch.Tensor], source
                 f"--init {source}: {name} is {tuple(value.shape)} there, {tuple(expected[name].shape)} here; "
                 + fix
             )
-    backbone.load_state_dict(weights, strict=False)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from fewsight.cli import main
-from fewsight.errors import FewsightError
 from fewsight.runs import RunConfig, build_learner
 from fewsight.warmstart import backbone_of, load_backbone, run_backbone
 from tests.conftest import SHARED_DATA, metrics, same
@@ -93,9 +92,9 @@ def test_train_from_a_pretrained_backbone(pretrained, tmp_path):
     assert json.loads((run / "config.json").read_text())["init"] == str(pretrained.resolve())
 
 
-@pytest.mark.parametrize("change", [{"width": 0.125}, {"backbone": "conv4"}])
-def test_a_backbone_that_does_not_fit_is_refused(pretrained, change):
-    settings = {"backbone": "resnet12", "width": 0.0625, **change}
-    config = RunConfig(dataset="miniimagenet", image_size=16, algorithm="protonet", **settings)
-    with pytest.raises(FewsightError, match=r"--init .*use the same --backbone"):
-        load_backbone(build_learner(config), run_backbone(pretrained), str(pretrained))
+@pytest.mark.parametrize("change", [["--width", "0.125"], ["--backbone", "conv4"]])
+def test_a_backbone_that_does_not_fit_is_refused_before_data_is_loaded(pretrained, tmp_path, change, capsys):
+    flags = ["--dataset", "miniimagenet", "--backbone", "resnet12", *TINY, "--init", str(pretrained)]
+    assert main(["train", *flags, *change, "--out", str(tmp_path / "run")]) == 2
+    assert "use the same --backbone" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
