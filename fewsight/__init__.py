@@ -18,7 +18,7 @@ from fewsight.algorithms import (
 from fewsight.data import EpisodeSampler, LabelledImages, TaskBatch, load_miniimagenet, load_omniglot
 from fewsight.errors import FewsightError
 from fewsight.evaluate import Accuracy, evaluate
-from fewsight.nets import Conv4, TaskBatchNorm
+from fewsight.nets import Conv4, ResNet12, TaskBatchNorm
 
 __all__ = [
     "ANIL",
@@ -37,6 +37,7 @@ __all__ = [
     "PredictedClassifier",
     "ProtoNet",
     "Reptile",
+    "ResNet12",
     "TaskBatch",
     "TaskBatchNorm",
     "TaskHypernetwork",

@@ -9,7 +9,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from fewsight.errors import FewsightError
-from fewsight.runs import ALGORITHMS, RunConfig
+from fewsight.runs import ALGORITHMS, BACKBONES, RunConfig
 
 _DEFAULTS = RunConfig()
 _RESOLVED_LATER = ("image_size", "inner_steps", "eval_inner_steps")  # their defaults depend on other flags
@@ -43,7 +43,35 @@ _HELP = {
     "meta-steps, then second order (mamlpp: a third of --steps)",
     "task_chunk": "memory: meta-gradient of this many tasks at a time, each chunk's graph freed before "
     "the next (same result; 0: the whole meta-batch at once)",
+    "backbone": "conv4 (the papers' four blocks) or resnet12 (64-160-320-640, as MetaOptNet and RFS)",
+    "width": "multiply the backbone's channel counts by this (1: the papers' widths)",
+    "drop_rate": "resnet12: DropBlock rate in its last two blocks while training (MetaOptNet, RFS: 0.1)",
+    "init": "start the backbone from this run's (e.g. a fewsight pretrain run's); the head is not copied",
 }
+_AUGMENT_HELP = "augment training images on the device: random resized crop, flip, colour jitter"
+_CHOICES = {"algorithm": ALGORITHMS, "protocol": ("maml", "lake"), "backbone": BACKBONES}
+
+
+def _config_flags(
+    parser: argparse.ArgumentParser,
+    defaults: object,
+    helps: dict[str, str],
+    unset: tuple[str, ...] = ("image_size",),
+) -> None:
+    """One flag per setting of a config dataclass that has a help text (--snake-case); the `unset`
+    ones default to None (their default depends on other flags)."""
+    for field in fields(defaults):
+        if field.name not in helps:
+            continue
+        default = getattr(defaults, field.name)
+        hidden = field.name in unset or default == ""
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=type(default),
+            default=None if field.name in unset else default,
+            choices=_CHOICES.get(field.name),
+            help=helps[field.name] + ("" if hidden else " (default: %(default)s)"),
+        )
 
 
 def _train_parser(commands: argparse._SubParsersAction) -> None:
@@ -52,19 +80,7 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         help="meta-train a model into a run folder",
         description="Meta-train a model; writes config.json, metrics.jsonl and checkpoint.pt into --out.",
     )
-    choices = {"algorithm": ALGORITHMS, "protocol": ("maml", "lake")}
-    for field in fields(RunConfig):
-        if field.name not in _HELP:
-            continue
-        default = getattr(_DEFAULTS, field.name)
-        shown = "" if field.name in _RESOLVED_LATER else " (default: %(default)s)"
-        parser.add_argument(
-            f"--{field.name.replace('_', '-')}",
-            type=type(default),
-            default=None if field.name in _RESOLVED_LATER else default,
-            choices=choices.get(field.name),
-            help=_HELP[field.name] + shown,
-        )
+    _config_flags(parser, _DEFAULTS, _HELP, _RESOLVED_LATER)
     parser.add_argument(
         "--non-transductive",
         action="store_true",
@@ -76,6 +92,7 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         help="train on train+val classes (the papers' protocol) and skip validation",
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs that support it)")
+    parser.add_argument("--augment", action="store_true", help=_AUGMENT_HELP)
     parser.add_argument(
         "--cuda-graphs",
         action="store_true",
@@ -105,6 +122,43 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard"
     )
+    parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    _common(parser)
+
+
+_PRETRAIN_HELP = {
+    "dataset": _HELP["dataset"],
+    "protocol": _HELP["protocol"],
+    "image_size": _HELP["image_size"],
+    "backbone": _HELP["backbone"],
+    "width": _HELP["width"],
+    "drop_rate": _HELP["drop_rate"] + ", ramped up from 0 over the first half (default: 0.1 for resnet12)",
+    "epochs": "passes over the training images (raise it with --resume to train longer)",
+    "batch_size": "images per SGD step",
+    "lr": "initial learning rate of SGD (momentum 0.9), decayed to 0 along a cosine",
+    "weight_decay": "SGD's weight decay",
+    "seed": "seed of the initialisation, the order of the images and the augmentation",
+    "val_episodes": "5-way 1-shot validation episodes (nearest centroid) after every epoch",
+    "log_every": "write a metrics line every this many steps (and after every epoch)",
+    "checkpoint_every": "save a checkpoint every this many steps",
+}
+
+
+def _pretrain_parser(commands: argparse._SubParsersAction) -> None:
+    from fewsight.pretrain import PretrainConfig
+
+    parser = commands.add_parser(
+        "pretrain",
+        help="pre-train a backbone on all training classes (then fewsight train --init RUN)",
+        description="Supervised training of a backbone and a linear head over all training classes; "
+        "writes config.json, metrics.jsonl and checkpoint.pt into --out. fewsight eval RUN scores the "
+        "backbone as a nearest-centroid classifier; fewsight train --init RUN starts from it.",
+    )
+    _config_flags(parser, PretrainConfig(), _PRETRAIN_HELP, unset=("image_size", "drop_rate"))
+    parser.add_argument("--trainval", action="store_true", help="train on train+val classes; no validation")
+    parser.add_argument("--augment", action="store_true", help=_AUGMENT_HELP)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs that support it)")
     parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     _common(parser)
@@ -210,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewsight", description="Few-shot recognition by meta-learning.")
     commands = parser.add_subparsers(dest="command", required=True)
     _train_parser(commands)
+    _pretrain_parser(commands)
     _eval_parser(commands)
     _predict_parser(commands)
     _export_parser(commands)
@@ -240,20 +295,29 @@ def _device(name: str | None):
     return device
 
 
-def _run_train(args: argparse.Namespace) -> None:
-    import torch
-
+def _settings(args: argparse.Namespace, config_class: type) -> dict:
+    """The config's settings from the flags: a data set path made absolute, the image size defaulted."""
     from fewsight.runs import DATASETS, DEFAULT_IMAGE_SIZE
-    from fewsight.train import train
 
-    values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    values = {f.name: getattr(args, f.name) for f in fields(config_class) if hasattr(args, f.name)}
     if args.dataset not in DATASETS and Path(args.dataset).exists():
         values["dataset"] = str(Path(args.dataset).resolve())
     if values["image_size"] is None:
         values["image_size"] = DEFAULT_IMAGE_SIZE.get(args.dataset, 84)
+    return values
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from fewsight.train import train
+
+    values = _settings(args, RunConfig)
     for name in ("inner_steps", "eval_inner_steps"):
         if values[name] is None:
             values[name] = MAMLPP_INNER_STEPS if args.algorithm == "mamlpp" else getattr(_DEFAULTS, name)
+    if args.init:
+        values["init"] = str(Path(args.init).resolve())
     config = RunConfig(**{**values, "transductive": not args.non_transductive})
     config.validate()
     device = _device(args.device)
@@ -267,6 +331,24 @@ def _run_train(args: argparse.Namespace) -> None:
 
     if is_main():
         print(f"trained: {out}")
+
+
+def _run_pretrain(args: argparse.Namespace) -> None:
+    import torch
+
+    from fewsight.pretrain import PretrainConfig, pretrain
+
+    values = _settings(args, PretrainConfig)
+    if values["drop_rate"] is None:
+        values["drop_rate"] = 0.1 if args.backbone == "resnet12" else 0.0
+    config = PretrainConfig(**values)
+    config.validate()
+    device = _device(args.device)
+    try:
+        out = pretrain(config, args.out, args.data_root, device, args.resume, not args.quiet)
+    except torch.cuda.OutOfMemoryError as error:
+        raise FewsightError(f"out of memory on {device}; lower --batch-size") from error
+    print(f"pre-trained: {out} (fewsight eval {out}; fewsight train --init {out} ...)")
 
 
 def _run_eval(args: argparse.Namespace) -> None:
@@ -407,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {
             "train": _run_train,
+            "pretrain": _run_pretrain,
             "eval": _run_eval,
             "predict": _run_predict,
             "export": _run_export,

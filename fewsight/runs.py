@@ -28,13 +28,14 @@ from fewsight.data.folder import labelled_files, load_image_files, split_classes
 from fewsight.data.miniimagenet import load_miniimagenet
 from fewsight.data.omniglot import DRAWERS, DRAWING_SIZE, PROTOCOLS
 from fewsight.errors import FewsightError
-from fewsight.nets import Conv4
+from fewsight.nets import Conv4, ResNet12
 
 GRADIENT_BASED = ("maml", "fomaml", "metasgd", "anil", "reptile", "mamlpp")
 MODEL_BASED = ("protonet", "weightpred", "hypernet", "leo")
 ALGORITHMS = GRADIENT_BASED + MODEL_BASED
 DATASETS = ("omniglot", "miniimagenet")
 CHANNELS = {"omniglot": 1, "miniimagenet": 3}  # a user's own data set: 3 (RGB)
+BACKBONES = ("conv4", "resnet12")
 DEFAULT_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84}  # a user's own data set: 84
 
 
@@ -75,6 +76,11 @@ class RunConfig:
     cosine_lr: bool = False
     task_chunk: int = 0  # 0: all tasks of a meta-batch at once
     checkpoint_inner: bool = False
+    backbone: str = "conv4"
+    width: float = 1.0
+    drop_rate: float = 0.0
+    augment: bool = False
+    init: str = ""  # the run whose backbone weights started this one
 
     def validate(self) -> None:
         """Raise a FewsightError naming the fix for settings that cannot work."""
@@ -148,6 +154,7 @@ class RunConfig:
                 "--task-chunk and --checkpoint-inner apply to maml, fomaml, mamlpp, metasgd and anil only"
             )
         check_seed(self.seed)
+        check_backbone(self.backbone, self.width, self.drop_rate)
 
     def save(self, folder: Path) -> None:
         """Write config.json into the run folder, atomically."""
@@ -181,6 +188,18 @@ def check_seed(seed: int) -> None:
     """Raise a FewsightError unless `seed` is one torch's generators accept."""
     if not 0 <= seed < 2**64:
         raise FewsightError("--seed must be between 0 and 2**64 - 1")
+
+
+def check_backbone(backbone: str, width: float, drop_rate: float) -> None:
+    """Raise a FewsightError for a backbone setting that cannot work."""
+    if backbone not in BACKBONES:
+        raise FewsightError(f"unknown backbone {backbone!r}; use one of {', '.join(BACKBONES)}")
+    if not (math.isfinite(width) and width > 0):
+        raise FewsightError("--width must be a positive number (1 for the papers' widths)")
+    if not 0 <= drop_rate < 1:
+        raise FewsightError("--drop-rate is a probability: use a value in [0, 1)")
+    if drop_rate > 0 and backbone != "resnet12":
+        raise FewsightError("--drop-rate applies to --backbone resnet12 only")
 
 
 def channels(config: RunConfig) -> int:
@@ -217,12 +236,23 @@ def mamlpp_preset(config: RunConfig) -> None:
     config.first_order_steps = config.first_order_steps or config.steps // 3
 
 
+def build_backbone(config: RunConfig, ways: int | None) -> Conv4 | ResNet12:
+    """The run's backbone, with a linear head over `ways` classes (None: features only)."""
+    if config.backbone == "resnet12":
+        return ResNet12(ways, channels(config), config.width, config.drop_rate)
+    hidden = _conv4_channels(config)
+    return Conv4(ways, in_channels=channels(config), hidden=hidden, image_size=config.image_size)
+
+
+def _conv4_channels(config: RunConfig) -> int:
+    """64 channels, except for the MAML family on large images (32, as in the MAML paper); x width."""
+    hidden = 64 if config.image_size <= 32 or config.algorithm in MODEL_BASED else 32
+    return max(1, round(config.width * hidden))
+
+
 def build_learner(config: RunConfig) -> MetaLearner:
     """A freshly initialised learner for the run's algorithm and backbone."""
-    # 64 channels, except for the MAML family on large images (32, as in the MAML paper).
-    hidden = 64 if config.image_size <= 32 or config.algorithm in MODEL_BASED else 32
-    ways = None if config.algorithm in MODEL_BASED else config.ways
-    backbone = Conv4(ways, in_channels=channels(config), hidden=hidden, image_size=config.image_size)
+    backbone = build_backbone(config, None if config.algorithm in MODEL_BASED else config.ways)
     size, transductive = backbone.feature_size, config.transductive
     if config.algorithm == "protonet":
         return ProtoNet(backbone, transductive)
@@ -230,7 +260,10 @@ def build_learner(config: RunConfig) -> MetaLearner:
         return WeightPrediction(backbone, size, config.base_classes, config.base_mix, transductive)
     if config.algorithm == "hypernet":
         task_encoder = Conv4(
-            None, in_channels=channels(config), hidden=hidden // 2, image_size=config.image_size
+            None,
+            in_channels=channels(config),
+            hidden=_conv4_channels(config) // 2,
+            image_size=config.image_size,
         )
         return TaskHypernetwork(backbone, task_encoder, task_encoder.feature_size, transductive)
     if config.algorithm == "leo":

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from fewsight.algorithms import MetaLearner
 from fewsight.checkpoints import save_checkpoint, write_atomic
 from fewsight.data import EpisodeSampler
+from fewsight.data.augment import augment_tasks
 from fewsight.data.episodes import TaskBatch
 from fewsight.distributed import all_sum, average_gradients, is_main, setup, share, world
 from fewsight.errors import FewsightError
@@ -31,6 +32,7 @@ from fewsight.runs import (
 )
 from fewsight.schedules import cosine_lr
 from fewsight.signals import StopRequests
+from fewsight.warmstart import load_backbone, run_backbone
 
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)
 _RESUMABLE = ("learner", "optimizer", "generator", "torch_rng", "step", "interval")
@@ -121,6 +123,7 @@ def train(
     _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
     if config.cuda_graphs and (device.type != "cuda" or processes > 1):
         raise FewsightError("--cuda-graphs needs a GPU and a single process; drop --cuda-graphs")
+    initial = run_backbone(Path(config.init), config) if config.init and state is None else None
     writer_class = _tensorboard_writer_class() if tensorboard else None
     part = share(config.meta_batch)
     assign_classes(config)
@@ -134,6 +137,8 @@ def train(
         config.base_classes = sampler.num_classes  # one stored weight vector per training class
     torch.manual_seed(config.seed)
     learner = build_learner(config).to(device)
+    if initial is not None:
+        load_backbone(learner, initial, config.init)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr, capturable=config.cuda_graphs)
     graphed: GraphedTrainingStep | None = None
     generator = sampler.generator(config.seed)
@@ -191,6 +196,8 @@ def train(
         with StopRequests() as stop:
             for step in range(start + 1, config.steps + 1):
                 batch = sampler.sample(config.meta_batch, generator, part)
+                if config.augment:
+                    batch = augment_tasks(batch, generator)
                 learner.schedule(step)
                 if config.cosine_lr:
                     for group in optimizer.param_groups:

@@ -10,26 +10,25 @@ import torch
 from torch import nn
 
 from fewsight.algorithms.predictor import Head, ParameterPredictor, class_means
-from fewsight.nets import Conv4
+from fewsight.nets import Conv4, ResNet12
 
 
 class TaskHypernetwork(ParameterPredictor):
-    """FiLM-conditioned Conv4 backbone plus a predicted linear head.
+    """FiLM-conditioned backbone plus a predicted linear head.
 
     Args:
-        backbone: the Conv4 (with `ways=None`) whose blocks are conditioned.
+        backbone: the Conv4 or ResNet12 (with `ways=None`) whose blocks are conditioned.
         task_encoder: maps images to features (B, E); their mean over the support set is the task's
             representation (a set encoder: invariant to the order of the support images).
         task_size: E.
     """
 
     def __init__(
-        self, backbone: Conv4, task_encoder: nn.Module, task_size: int, transductive: bool = True
+        self, backbone: Conv4 | ResNet12, task_encoder: nn.Module, task_size: int, transductive: bool = True
     ) -> None:
         super().__init__(backbone, transductive)
         self.task_encoder = task_encoder
-        channels = backbone.channels
-        self.films = nn.ModuleList(nn.Linear(task_size, 2 * channels) for _ in backbone.blocks)
+        self.films = nn.ModuleList(nn.Linear(task_size, 2 * c) for c in backbone.block_channels)
         size = backbone.feature_size
         self.weight_correction = nn.Sequential(nn.Linear(size, size), nn.ReLU(), nn.Linear(size, size))
         self.bias_correction = nn.Sequential(nn.Linear(size, size), nn.ReLU(), nn.Linear(size, 1))

@@ -2,5 +2,6 @@
 
 from fewsight.nets.batchnorm import TaskBatchNorm, replace_batchnorm
 from fewsight.nets.conv4 import Conv4
+from fewsight.nets.resnet12 import ResNet12
 
-__all__ = ["Conv4", "TaskBatchNorm", "replace_batchnorm"]
+__all__ = ["Conv4", "ResNet12", "TaskBatchNorm", "replace_batchnorm"]

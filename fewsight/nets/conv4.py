@@ -55,6 +55,7 @@ class Conv4(nn.Module):
             raise ValueError(f"image size {image_size} is too small for Conv4 (at least 16)")
         self.feature_size = hidden * side * side
         self.channels = hidden
+        self.block_channels = channels[1:]
         self.head = nn.Identity() if ways is None else nn.Linear(self.feature_size, ways)
 
     def features(

@@ -1,0 +1,100 @@
+"""Base-class pre-training on the miniImageNet sample: runs, resumes exactly, and seeds --init."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from fewsight.cli import main
+from fewsight.runs import RunConfig, build_learner
+from fewsight.warmstart import backbone_of, load_backbone, run_backbone
+from tests.conftest import SHARED_DATA, metrics, same
+
+SAMPLE = SHARED_DATA / "miniimagenet-sample"
+pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/miniimagenet-sample is not here")
+TINY = ["--width", "0.0625", "--image-size", "16", "--data-root", str(SAMPLE), "--device", "cpu", "--quiet"]
+# 640 training images in batches of 128: 5 steps an epoch.
+FLAGS = [*TINY, "--batch-size", "128", "--val-episodes", "2", "--log-every", "2", "--checkpoint-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("pretrain") / "run"
+    assert main(["pretrain", *FLAGS, "--epochs", "2", "--augment", "--out", str(run)]) == 0
+    return run
+
+
+def test_pretraining_writes_a_run_that_eval_scores(pretrained, capsys):
+    rows = metrics(pretrained)
+    assert [row["step"] for row in rows] == [2, 4, 5, 6, 8, 10]
+    assert [row["step"] for row in rows if "val_accuracy" in row] == [5, 10]  # after every epoch
+    assert rows[-1]["lr"] < 0.03 * rows[0]["lr"]  # the cosine schedule ends near 0
+    saved = json.loads((pretrained / "config.json").read_text())
+    assert saved["algorithm"] == "protonet" and saved["backbone"] == "resnet12"
+    assert saved["pretrain"]["augment"] and saved["pretrain"]["epochs"] == 2
+    capsys.readouterr()
+    assert main(["eval", str(pretrained), *TINY[4:], "--queries", "5", "--episodes", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["algorithm"] == "protonet"
+
+
+def test_resume_ends_with_the_same_weights(pretrained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pretrained, run)
+    shutil.copy(run / "checkpoint-6.pt", run / "checkpoint.pt")  # as if killed after step 6
+    assert main(["pretrain", *FLAGS, "--epochs", "2", "--resume", "--out", str(run)]) == 0
+    final = torch.load(run / "checkpoint.pt", weights_only=True)
+    uninterrupted = torch.load(pretrained / "checkpoint.pt", weights_only=True)
+    assert same(final, uninterrupted)
+
+    def rows(folder):  # without the speed, which depends on the machine
+        return [{k: v for k, v in row.items() if k != "images_per_s"} for row in metrics(folder)]
+
+    assert rows(run) == rows(pretrained)
+
+
+def test_init_copies_exactly_the_backbone(pretrained, tmp_path):
+    config = RunConfig(
+        dataset="miniimagenet", image_size=16, algorithm="maml", backbone="resnet12", width=0.0625
+    )
+    torch.manual_seed(0)
+    learner = build_learner(config)
+    head = {k: v.clone() for k, v in learner.model.head.state_dict().items()}
+    load_backbone(learner, run_backbone(pretrained), str(pretrained))
+    saved = torch.load(pretrained / "checkpoint.pt", weights_only=True)["learner"]
+    for name, value in backbone_of(learner).state_dict().items():
+        if name.startswith("head."):
+            assert torch.equal(value, head[name.removeprefix("head.")])  # not copied
+        else:
+            assert torch.equal(value, saved[f"encoder.{name}"])
+
+
+def test_train_from_a_pretrained_backbone(pretrained, tmp_path):
+    run = tmp_path / "maml"
+    flags = ["--algorithm", "fomaml", "--backbone", "resnet12", "--steps", "1", "--meta-batch", "1"]
+    flags += ["--queries", "1", "--val-every", "1", "--val-episodes", "1", "--augment", "--drop-rate", "0.1"]
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "miniimagenet",
+                *flags,
+                *TINY,
+                "--init",
+                str(pretrained),
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((run / "config.json").read_text())["init"] == str(pretrained.resolve())
+
+
+@pytest.mark.parametrize("change", [["--width", "0.125"], ["--backbone", "conv4"]])
+def test_a_backbone_that_does_not_fit_is_refused_before_data_is_loaded(pretrained, tmp_path, change, capsys):
+    flags = ["--dataset", "miniimagenet", "--backbone", "resnet12", *TINY, "--init", str(pretrained)]
+    assert main(["train", *flags, *change, "--out", str(tmp_path / "run")]) == 2
+    assert "use the same --backbone" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
