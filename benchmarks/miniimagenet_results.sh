@@ -27,6 +27,12 @@ launch 0 maml-1shot --algorithm maml "${maml[@]}" --shots 1
 launch 0 maml-5shot --algorithm maml "${maml[@]}" --shots 5
 launch 0 mamlpp-1shot --algorithm mamlpp "${maml[@]}" --shots 1
 launch 0 mamlpp-5shot --algorithm mamlpp "${maml[@]}" --shots 5
+# ResNet-12 pre-trained on the 64 training classes (the recipe behind RFS and Meta-Baseline), scored
+# as a nearest-centroid classifier; on GPU 1, stopped by its epoch count ($PRETRAIN_EPOCHS).
+names+=(resnet12-pretrain)
+CUDA_VISIBLE_DEVICES=1 timeout -s INT "$limit" python3 -m fewsight pretrain --dataset miniimagenet \
+  --backbone resnet12 --epochs "${PRETRAIN_EPOCHS:-30}" --batch-size 128 --augment --bf16 --quiet \
+  --out "$runs/resnet12-pretrain" $resume >"$runs/resnet12-pretrain.log" 2>&1 &
 wait
 evaluate() {  # name, shots
   python3 -m fewsight eval "$runs/$1" --ways 5 --shots "$2" --queries 15 --episodes 1000 --json --quiet \
@@ -34,7 +40,7 @@ evaluate() {  # name, shots
 }
 for name in "${names[@]}"; do
   case $name in
-    protonet-*) evaluate "$name" 1 & evaluate "$name" 5 & ;;
+    protonet-*|resnet12-*) evaluate "$name" 1 & evaluate "$name" 5 & ;;
     *-1shot) evaluate "$name" 1 & ;;
     *-5shot) evaluate "$name" 5 & ;;
   esac

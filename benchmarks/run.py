@@ -32,7 +32,7 @@ def peer_implementations() -> Callable[[bench.Case], dict[str, bench.Implementat
     except ImportError as error:
         print(f"peers skipped: {error}")
         return lambda case: {}
-    return lambda case: peers.implementations(case) if case.algorithm == "maml" else {}
+    return lambda case: peers.implementations(case) if case.backbone == "conv4" and not case.options else {}
 
 
 def profile(device: torch.device, case: bench.Case, top: int = 12) -> str:
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--dataset", nargs="+", help="only these data sets")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--max-seconds", type=float, default=2.0, help="timing per row, at least 3 steps")
     args = parser.parse_args()
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True  # as `fewsight train` does on a GPU
@@ -82,6 +83,7 @@ def main() -> None:
         device,
         peer_implementations(),
         args.repeats,
+        args.max_seconds,
         report=lambda r: print(bench.markdown([r]).splitlines()[-1], flush=True),
     )
     speeds = {tasks: bench.sampler_speed(device, tasks) for tasks in (32, 1024)}

@@ -39,10 +39,15 @@ class Case:
     meta_batch: int
     inner_steps: int = 5
     queries: int = 15
+    backbone: str = "conv4"
+    options: tuple[tuple[str, object], ...] = ()  # other RunConfig settings, e.g. (("task_chunk", 8),)
 
     @property
     def name(self) -> str:
-        return f"{self.dataset} {self.ways}-way {self.shots}-shot, meta-batch {self.meta_batch}"
+        name = (
+            f"{self.dataset} {self.backbone} {self.ways}-way {self.shots}-shot, meta-batch {self.meta_batch}"
+        )
+        return name + "".join(f", {key.replace('_', '-')} {value}" for key, value in self.options)
 
     def config(self) -> RunConfig:
         steps = self.inner_steps
@@ -57,15 +62,25 @@ class Case:
             inner_steps=steps,
             eval_inner_steps=steps,
             inner_lr=0.4 if self.dataset == "omniglot" else 0.01,
+            backbone=self.backbone,
+            **dict(self.options),
         )
 
 
 def _suite() -> list[Case]:
-    """The issue's settings: Omniglot 5- and 20-way, miniImageNet 5-way, every algorithm."""
+    """The issue's settings: Omniglot 5- and 20-way, miniImageNet 5-way with Conv4 and ResNet-12, every
+    algorithm; and the memory levers (tasks in chunks, checkpointed inner loop)."""
     algorithms = ("maml", "fomaml", "metasgd", "anil", "protonet", "weightpred", "hypernet", "leo")
     cases = [Case("omniglot", a, 5, 1, 32) for a in algorithms]
-    cases += [Case("omniglot", a, 20, 1, 16) for a in ("maml", "fomaml", "protonet")]
+    cases += [Case("omniglot", a, 20, 1, 16) for a in ("maml", "protonet")]
+    cases += [Case("omniglot", "maml", 5, 1, 32, options=(("task_chunk", 8),))]
+    cases += [Case("omniglot", "maml", 5, 1, 32, options=(("checkpoint_inner", True),))]
     cases += [Case("miniimagenet", a, 5, 1, 4) for a in algorithms]
+    resnet = ("protonet", "anil", "fomaml", "maml")
+    cases += [Case("miniimagenet", a, 5, 1, 4, backbone="resnet12") for a in resnet]
+    cases += [
+        Case("miniimagenet", "maml", 5, 1, 4, backbone="resnet12", options=(("checkpoint_inner", True),))
+    ]
     return cases
 
 
@@ -130,12 +145,16 @@ def graphed_implementation() -> Implementation:
 
 
 def implementations(case: Case) -> dict[str, Implementation]:
-    """fewsight's implementations that apply to a case (the loop only for the MAML family)."""
+    """fewsight's implementations that apply to a case: the loop over tasks for the MAML family, bf16
+    for second-order MAML, a CUDA graph on a GPU."""
     found = {"fewsight vmap": fewsight_implementation(per_task=False)}
+    if case.options:  # a memory lever: compared with the plain vmap row of the same setting
+        return found
     if torch.cuda.is_available():
         found["fewsight vmap + CUDA graph"] = graphed_implementation()
-    if case.algorithm in GRADIENT_BASED:
+    if case.algorithm == "maml":
         found["fewsight vmap bf16"] = fewsight_implementation(per_task=False, bf16=True)
+    if case.algorithm in GRADIENT_BASED:
         found["per-task loop"] = fewsight_implementation(per_task=True)
     return found
 
