@@ -1,6 +1,6 @@
 """Backbones usable functionally (torch.func.functional_call) with per-task batch statistics."""
 
-from fewsight.nets.batchnorm import TaskBatchNorm, replace_batchnorm
+from fewsight.nets.batchnorm import TaskBatchNorm, replace_batchnorm, with_context
 from fewsight.nets.conv4 import Conv4
 
-__all__ = ["Conv4", "TaskBatchNorm", "replace_batchnorm"]
+__all__ = ["Conv4", "TaskBatchNorm", "replace_batchnorm", "with_context"]
