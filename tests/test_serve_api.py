@@ -17,7 +17,6 @@ from fewsight.models import load_exported
 from fewsight.predict import load_images
 from fewsight.serve import Limits, Session, create_app
 from fewsight.serve.openapi import PATHS
-from tests.conftest import train_tiny
 from tests.serving import post_files, post_json, request, running
 
 pytest.importorskip("uvicorn")
@@ -198,9 +197,8 @@ def test_an_exported_classifier_keeps_its_classes(drawings, tmp_path):
         assert reply.json()["predictions"][0]["predicted"] == "character02"
 
 
-def test_a_maml_run_takes_exactly_its_ways_and_adapts(drawings, tmp_path):
-    train_tiny(tmp_path / "run", "--ways", "3")
-    with running(Session(str(tmp_path / "run"))) as url:
+def test_a_maml_run_takes_exactly_its_ways_and_adapts(drawings, maml_run):
+    with running(Session(str(maml_run))) as url:
         model = request(f"{url}/api/model").json()
         assert model["family"] == "maml" and model["ways"] == 3 and model["adapt_steps"] == 3
         teach(url, drawings, classes=2, shots=1)
