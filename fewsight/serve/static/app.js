@@ -25,7 +25,11 @@ function showError(error) {
   $("#error").hidden = !error;
 }
 
+// Every status shown, kept for anyone (or any test) who wants to read what happened.
+window.statusLog = [];
+
 function setStatus(text, busy = false) {
+  if (text) window.statusLog.push(text);
   $("#status").textContent = text;
   $("#status").classList.toggle("busy", busy);
 }
@@ -138,7 +142,7 @@ async function adaptWithProgress() {
     `Adapting ${model.algorithm} to ${state.classes.length} classes: ${model.adapt_steps} gradient ` +
     `steps on ${images} images… ${((performance.now() - start) / 1000).toFixed(1)} s`;
   setStatus(message(), true);
-  const timer = setInterval(() => setStatus(message(), true), 100);
+  const timer = setInterval(() => ($("#status").textContent = message()), 100);
   try {
     const adapted = await api("/api/adapt", { method: "POST" });
     setStatus(`Adapted in ${adapted.seconds.toFixed(2)} s`);
