@@ -19,8 +19,6 @@ from fewsight.serve import Limits, Session, create_app
 from fewsight.serve.openapi import PATHS
 from tests.serving import post_files, post_json, request, running
 
-pytest.importorskip("uvicorn")
-
 
 def files(drawings: Path, character: int, images: slice) -> list[tuple[str, bytes]]:
     folder = drawings / f"character{character:02d}"
