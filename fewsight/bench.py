@@ -159,20 +159,20 @@ def implementations(case: Case) -> dict[str, Implementation]:
     return found
 
 
-def random_images(dataset: str, classes: int, per_class: int, device: torch.device) -> LabelledImages:
-    """Random uint8 images of a data set's shape, `per_class` of each of `classes` classes."""
+def random_images(dataset: str, classes: int, per_class: int) -> LabelledImages:
+    """Random uint8 images of a data set's shape, `per_class` of each of `classes` classes (on the CPU,
+    as loaded data sets are; the sampler moves them to its device)."""
     size, channels = DEFAULT_IMAGE_SIZE[dataset], CHANNELS[dataset]
-    generator = torch.Generator(device).manual_seed(0)
-    images = torch.randint(
-        0, 256, (classes * per_class, channels, size, size), generator=generator, device=device
-    ).to(torch.uint8)
-    labels = torch.arange(classes, device=device).repeat_interleave(per_class)
+    generator = torch.Generator().manual_seed(0)
+    shape = (classes * per_class, channels, size, size)
+    images = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+    labels = torch.arange(classes).repeat_interleave(per_class)
     return LabelledImages(images, labels, [str(c) for c in range(classes)])
 
 
 def meta_batch(case: Case, tasks: int, device: torch.device, dtype: torch.dtype) -> TaskBatch:
     """A meta-batch of `tasks` random tasks in the case's shape."""
-    data = random_images(case.dataset, max(case.ways, 20), case.shots + case.queries, device)
+    data = random_images(case.dataset, max(case.ways, 20), case.shots + case.queries)
     sampler = EpisodeSampler(data, case.ways, case.shots, case.queries, device, dtype)
     return sampler.sample(tasks, sampler.generator(0))
 
@@ -260,7 +260,7 @@ def run_suite(
 
 def sampler_speed(device: torch.device, tasks: int, seconds: float = 2.0) -> float:
     """Omniglot 5-way 1-shot episodes (15 queries) drawn per second, in meta-batches of `tasks`."""
-    sampler = EpisodeSampler(random_images("omniglot", 1623, 20, device), 5, 1, 15, device)
+    sampler = EpisodeSampler(random_images("omniglot", 1623, 20), 5, 1, 15, device)
     generator = sampler.generator(0)
     sampler.sample(tasks, generator)
     _synchronize(device)

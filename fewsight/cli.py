@@ -219,11 +219,20 @@ def _export_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "export",
         help="save a model adapted to a support folder as one small classifier file",
-        description="Adapt MODEL to --support and save the classifier; fewsight predict FILE reads it.",
+        description="Adapt MODEL to --support and save the classifier; fewsight predict FILE reads it. "
+        "--format onnx writes an ONNX model instead (also from a file written by fewsight export): "
+        "float32 images (B, C, H, W) in [0, 1] in the model's form -> logits (B, N).",
     )
-    parser.add_argument("model", help="run folder or bundled model name")
-    parser.add_argument("--support", type=Path, required=True, help="folder with one subfolder per class")
+    parser.add_argument("model", help="run folder or bundled model name (or an exported file, for onnx)")
+    parser.add_argument("--support", type=Path, help="folder with one subfolder per class")
     parser.add_argument("--out", type=Path, required=True, help="file to write")
+    parser.add_argument(
+        "--format",
+        default="pt",
+        choices=("pt", "onnx"),
+        help="pt: fewsight's own file; onnx: an ONNX model for ONNX Runtime and other runtimes, "
+        "needs pip install 'fewsight[onnx]' (default: %(default)s)",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
@@ -260,6 +269,30 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
+def _serve_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="a local web page that learns new classes from a few images",
+        description="Serve a web page (and a JSON API, described at /openapi.json) where you make "
+        "classes, drop a few images into each, then drop query images to classify them. Needs "
+        "pip install 'fewsight[serve]'.",
+    )
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default="omniglot",
+        help="bundled model name, run folder or exported classifier file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 opens it to "
+        "other machines, with no password)",
+    )
+    parser.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0: any free one)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewsight", description="Few-shot recognition by meta-learning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(commands)
     _plot_parser(commands)
     _bench_parser(commands)
+    _serve_parser(commands)
     return parser
 
 
@@ -407,20 +441,13 @@ def _adapted(args: argparse.Namespace):
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    import csv
-
-    from fewsight.predict import predict, query_paths
+    from fewsight.predict import predict, query_paths, write_csv
 
     config, classifier, names = _adapted(args)
     predictions = predict(classifier, query_paths(args.query), config, names)
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "predicted", "probability", *(f"p_{n}" for n in names)])
-            for p in predictions:
-                writer.writerow(
-                    [p.path, p.predicted, f"{p.probability:.4f}", *(f"{v:.4f}" for v in p.probabilities)]
-                )
+            write_csv(predictions, names, handle)
         print(f"wrote {len(predictions)} predictions to {args.csv}")
     else:
         for p in predictions:
@@ -430,11 +457,21 @@ def _run_predict(args: argparse.Namespace) -> None:
 def _run_export(args: argparse.Namespace) -> None:
     from fewsight.models import export_classifier
 
-    if Path(args.model).is_file():
-        raise FewsightError(f"{args.model} is already an exported classifier")
+    if Path(args.model).is_file() and args.format == "pt":
+        raise FewsightError(f"{args.model} is already an exported classifier; --format onnx converts it")
     config, classifier, names = _adapted(args)
-    export_classifier(config, classifier, names, args.out)
+    export_classifier(config, classifier, names, args.out, args.format)
     print(f"exported a {len(names)}-class classifier to {args.out} ({args.out.stat().st_size // 1024} KiB)")
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    try:
+        from fewsight.serve import Session, serve
+    except ImportError as error:
+        raise FewsightError(f"fewsight serve needs {error.name}: pip install 'fewsight[serve]'") from error
+    if not 0 <= args.port <= 65535:
+        raise FewsightError("--port must be between 0 and 65535")
+    serve(Session(args.model, _device(args.device)), args.host, args.port)
 
 
 def _run_plot(args: argparse.Namespace) -> None:
@@ -495,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": _run_export,
             "plot": _run_plot,
             "bench": _run_bench,
+            "serve": _run_serve,
         }
         commands[args.command](args)
     except (FewsightError, OSError) as error:  # OSError: a full disk, a folder that cannot be written

@@ -12,6 +12,7 @@ from torch import nn
 from fewsight.algorithms import MAML, AdaptedClassifier, MetaLearner, ParameterPredictor, PredictedClassifier
 from fewsight.checkpoints import serialise, write_atomic
 from fewsight.errors import FewsightError
+from fewsight.onnx_export import onnx_bytes
 from fewsight.runs import MODEL_BASED, RunConfig, build_learner, load_learner
 
 BUNDLED = Path(__file__).parent / "models"
@@ -51,12 +52,23 @@ def adapted_state(classifier: nn.Module) -> dict[str, torch.Tensor]:
     raise FewsightError("only classifiers returned by a fewsight learner's adapt() can be exported")
 
 
-def export_classifier(config: RunConfig, classifier: nn.Module, class_names: list[str], out: Path) -> None:
-    """Write an adapted classifier as one small file (weights_only-loadable: tensors and strings).
+EXPORT_FORMATS = ("pt", "onnx")
 
-    It holds the meta-learned weights, the task's adapted parameters or predicted head, the class
-    names and the support images (uint8) whose statistics normalise queries in non-transductive mode.
+
+def classifier_bytes(
+    config: RunConfig, classifier: nn.Module, class_names: list[str], format: str = "pt"
+) -> bytes:
+    """An adapted classifier as the bytes of one file: fewsight's own (`pt`, weights_only-loadable:
+    tensors and strings) or an ONNX model (`onnx`, see fewsight/onnx_export.py).
+
+    The `pt` file holds the meta-learned weights, the task's adapted parameters or predicted head,
+    the class names and the support images (uint8) whose statistics normalise queries in
+    non-transductive mode.
     """
+    if format == "onnx":
+        return onnx_bytes(classifier, config, class_names)
+    if format != "pt":
+        raise FewsightError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
     support = (classifier.support_x * 255).round().to(torch.uint8).cpu()
     state = {
         "format": EXPORT_FORMAT,
@@ -66,8 +78,16 @@ def export_classifier(config: RunConfig, classifier: nn.Module, class_names: lis
         "class_names": list(class_names),
         "support_x": support,
     }
+    return serialise(state)
+
+
+def export_classifier(
+    config: RunConfig, classifier: nn.Module, class_names: list[str], out: Path, format: str = "pt"
+) -> None:
+    """Write an adapted classifier as one small file (see `classifier_bytes`)."""
+    data = classifier_bytes(config, classifier, class_names, format)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(serialise(state), out)
+    write_atomic(data, out)
 
 
 def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, nn.Module, list[str]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -16,7 +18,7 @@ from fewsight.runs import RunConfig, channels
 class Prediction:
     """One query's predicted class, its probability, and all class probabilities."""
 
-    path: Path
+    path: Path | str
     predicted: str
     probability: float
     probabilities: list[float]
@@ -27,12 +29,15 @@ def _visible(folder: Path) -> list[Path]:
 
 
 def load_images(paths: list[Path], config: RunConfig) -> torch.Tensor:
-    """Images as the model expects them: (B, C, size, size) floats in [0, 1], in the data set's form.
-
-    Omniglot models see bright strokes on a dark background, so pen on paper is inverted.
-    """
+    """Image files as the model expects them (see `model_input`)."""
     size, depth = config.image_size, channels(config)
-    images = torch.stack([torch.from_numpy(decode_image(p, size, depth)) for p in paths])
+    return model_input(torch.stack([torch.from_numpy(decode_image(p, size, depth)) for p in paths]), config)
+
+
+def model_input(images: torch.Tensor, config: RunConfig) -> torch.Tensor:
+    """Decoded uint8 images (B, C, size, size) as the model expects them: floats in [0, 1], in the
+    data set's form. Omniglot models see bright strokes on a dark background, so pen on paper is inverted.
+    """
     if config.dataset == "omniglot":
         images = 255 - images
     return images.to(torch.get_default_dtype()) / 255
@@ -77,16 +82,33 @@ def query_paths(queries: list[Path]) -> list[Path]:
     return found
 
 
+def classify(
+    classifier: torch.nn.Module, images: torch.Tensor, labels: list[Path | str], names: list[str]
+) -> list[Prediction]:
+    """Predicted class and probabilities of model-ready images (B, C, H, W), labelled by `labels`."""
+    with torch.no_grad():
+        probabilities = classifier(images).softmax(-1).tolist()
+    results = []
+    for label, row in zip(labels, probabilities, strict=True):
+        best = max(range(len(row)), key=row.__getitem__)
+        results.append(Prediction(label, names[best], row[best], row))
+    return results
+
+
 def predict(
     classifier: torch.nn.Module, paths: list[Path], config: RunConfig, names: list[str], batch: int = 256
 ) -> list[Prediction]:
     """Predicted class and probabilities of every query image."""
     results = []
-    with torch.no_grad():
-        for start in range(0, len(paths), batch):
-            chunk = paths[start : start + batch]
-            probabilities = classifier(load_images(chunk, config)).softmax(-1)
-            for path, row in zip(chunk, probabilities.tolist(), strict=True):
-                best = max(range(len(row)), key=row.__getitem__)
-                results.append(Prediction(path, names[best], row[best], row))
+    for start in range(0, len(paths), batch):
+        chunk = paths[start : start + batch]
+        results += classify(classifier, load_images(chunk, config), chunk, names)
     return results
+
+
+def write_csv(predictions: list[Prediction], names: list[str], handle: TextIO) -> None:
+    """Predictions as CSV: path, predicted class, its probability, then every class's probability."""
+    writer = csv.writer(handle)
+    writer.writerow(["path", "predicted", "probability", *(f"p_{n}" for n in names)])
+    for p in predictions:
+        writer.writerow([p.path, p.predicted, f"{p.probability:.4f}", *(f"{v:.4f}" for v in p.probabilities)])

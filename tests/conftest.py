@@ -47,6 +47,14 @@ def drawings(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def maml_run(tmp_path_factory) -> Path:
+    """A tiny 3-way MAML run on Omniglot (see `train_tiny`), shared by the tests that only read it."""
+    run = tmp_path_factory.mktemp("maml") / "run"
+    train_tiny(run, "--ways", "3")
+    return run
+
+
 def make_task(
     drawings: Path, root: Path, classes: int, shots: int = 1, queries: int = 3
 ) -> tuple[Path, Path]:

@@ -29,7 +29,7 @@ from fewsight.algorithms.base import MetaLearner, MetaLoss
 from fewsight.algorithms.recompute import recompute
 from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
-from fewsight.nets.batchnorm import TaskBatchNorm
+from fewsight.nets.batchnorm import TaskBatchNorm, with_context
 from fewsight.schedules import multi_step_weights
 
 Params = dict[str, torch.Tensor]
@@ -159,11 +159,10 @@ class MAML(MetaLearner):
         self, params: Params, x: torch.Tensor, support_x: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Logits of x under `params`; non-transductive models normalise x with support_x's stats."""
-        if self.transductive or support_x is None:
-            return functional_call(self.model, params, (x,))
-        joint = torch.cat([support_x, x])
-        kwargs = {"context_size": support_x.shape[0]}
-        return functional_call(self.model, params, (joint,), kwargs)[support_x.shape[0] :]
+        context = None if self.transductive else support_x
+        return with_context(
+            lambda inputs, **kw: functional_call(self.model, params, (inputs,), kw), x, context
+        )
 
     def _steps(self) -> int:
         return self.steps if self.training else self.eval_steps

@@ -17,6 +17,7 @@ from torch import nn
 from fewsight.algorithms.base import MetaLearner
 from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
+from fewsight.nets.batchnorm import with_context
 
 Head = dict[str, torch.Tensor]
 
@@ -53,10 +54,7 @@ class ParameterPredictor(MetaLearner):
 
     def embed(self, x: torch.Tensor, support_x: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Features (B, D) of x; non-transductive queries are normalised with support_x's statistics."""
-        if self.transductive or support_x is None:
-            return self.encoder(x, **kwargs)
-        joint = self.encoder(torch.cat([support_x, x]), context_size=support_x.shape[0], **kwargs)
-        return joint[support_x.shape[0] :]
+        return with_context(self.encoder, x, None if self.transductive else support_x, **kwargs)
 
     def task_head(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Head:
         """The head predicted from one task's support set (S, C, H, W), labels (S,)."""

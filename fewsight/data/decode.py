@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -16,8 +17,14 @@ from fewsight.data.roots import cache_dir
 from fewsight.errors import FewsightError
 
 
-def decode_image(path: Path, image_size: int, channels: int) -> np.ndarray:
-    """One image as uint8 (channels, size, size): converted to grey or RGB and resized (bilinear)."""
+def decode_image(
+    path: Path | BinaryIO, image_size: int, channels: int, name: str | None = None
+) -> np.ndarray:
+    """One image as uint8 (channels, size, size): converted to grey or RGB and resized (bilinear).
+
+    `path` may also be an open binary file (an upload); `name` then names it in error messages.
+    """
+    name = name or str(path)
     try:
         with Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
@@ -25,7 +32,7 @@ def decode_image(path: Path, image_size: int, channels: int) -> np.ndarray:
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
             array = np.array(image, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise FewsightError(f"{path} is not a readable image ({error}); remove or replace it") from error
+        raise FewsightError(f"{name} is not a readable image ({error}); remove or replace it") from error
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 

@@ -1,7 +1,7 @@
 """Backbones usable functionally (torch.func.functional_call) with per-task batch statistics."""
 
-from fewsight.nets.batchnorm import TaskBatchNorm, replace_batchnorm
+from fewsight.nets.batchnorm import TaskBatchNorm, replace_batchnorm, with_context
 from fewsight.nets.conv4 import Conv4
 from fewsight.nets.resnet12 import ResNet12
 
-__all__ = ["Conv4", "ResNet12", "TaskBatchNorm", "replace_batchnorm"]
+__all__ = ["Conv4", "ResNet12", "TaskBatchNorm", "replace_batchnorm", "with_context"]

@@ -11,6 +11,7 @@ support set's statistics, so each query is classified independently of the other
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -33,6 +34,16 @@ class TaskBatchNorm(nn.Module):
         shape = (1, -1) + (1,) * (x.ndim - 2)
         scale = self.weight.view(shape) * torch.rsqrt(variance + self.eps)
         return (x - mean) * scale + self.bias.view(shape)
+
+
+def with_context(
+    network: Callable[..., torch.Tensor], x: torch.Tensor, context: torch.Tensor | None, **kwargs
+) -> torch.Tensor:
+    """`network(x)`; with `context` images (non-transductive), x normalised with the context's
+    statistics alone: the network runs on [context; x] with `context_size` and x's rows are kept."""
+    if context is None:
+        return network(x, **kwargs)
+    return network(torch.cat([context, x]), context_size=context.shape[0], **kwargs)[context.shape[0] :]
 
 
 def replace_batchnorm(model: nn.Module) -> nn.Module:

@@ -1,0 +1,44 @@
+"""Run the application under uvicorn on a socket bound here, so that the address (and a free port
+picked with port 0) is known and printed before the first request."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import uvicorn
+
+from fewsight.errors import FewsightError
+from fewsight.serve.app import create_app
+from fewsight.serve.guards import is_loopback
+from fewsight.serve.session import Session
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free one)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as error:
+        raise FewsightError(
+            f"cannot listen on {host}:{port} ({error.strerror}); pick another --port"
+        ) from error
+    sock.listen(64)
+    return sock
+
+
+def serve(session: Session, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve `session` on host:port until Ctrl-C."""
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    if not is_loopback(host):
+        print(
+            f"fewsight serve: listening on {host}: other machines can reach it, with no password",
+            file=sys.stderr,
+        )
+    print(f"fewsight serve: http://{shown}:{bound}/ (Ctrl-C to stop)", flush=True)
+    config = uvicorn.Config(create_app(session, host), log_level="warning", timeout_graceful_shutdown=2)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,183 @@
+"""What the page has taught the model: its classes with their support images, the classifier adapted
+to them (rebuilt after any change), and the last predictions. Held in memory, one per server."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fewsight.models import classifier_bytes, load_exported, load_model, max_ways
+from fewsight.predict import Prediction, classify, model_input, write_csv
+from fewsight.runs import MODEL_BASED, channels
+from fewsight.serve.uploads import Limits, UploadError, decode_upload
+
+
+@dataclass
+class Adapted:
+    """A classifier for the session's current classes, and how long adapting took."""
+
+    classifier: nn.Module
+    names: list[str]
+    seconds: float
+
+
+class Session:
+    """A model (run folder, bundled name or exported file) and the classes taught to it.
+
+    An exported classifier comes with its classes, which cannot be changed; a run folder or bundled
+    model learns whatever classes the page makes. Every method is safe to call from several threads.
+    """
+
+    def __init__(self, model: str, device: torch.device | str = "cpu", limits: Limits | None = None) -> None:
+        self.model, self.device, self.limits = str(model), torch.device(device), limits or Limits()
+        self.classes: dict[str, list[torch.Tensor]] = {}
+        self._last: tuple[list[Prediction], list[str]] = ([], [])
+        self._lock = threading.Lock()
+        self._adapted: Adapted | None = None
+        if Path(model).is_file():
+            self.config, classifier, names = load_exported(Path(model), self.device)
+            self.learner = None
+            self._adapted = Adapted(classifier, names, 0.0)
+        else:
+            self.config, self.learner = load_model(model, self.device)
+
+    @property
+    def fixed(self) -> bool:
+        """Whether the classes are those of an exported classifier (no teaching)."""
+        return self.learner is None
+
+    def info(self) -> dict:
+        """The model's description for the page: family, image form, class count it takes."""
+        config = self.config
+        return {
+            "model": Path(self.model).name,
+            "algorithm": config.algorithm,
+            "family": "model-based" if config.algorithm in MODEL_BASED else "maml",
+            "adapt_steps": 0 if config.algorithm in MODEL_BASED else config.eval_inner_steps,
+            "ways": max_ways(config),
+            "image_size": config.image_size,
+            "channels": channels(config),
+            "fixed_classes": self.fixed,
+            "limits": vars(self.limits),
+        }
+
+    def state(self) -> dict:
+        """The classes with their image counts, and whether the classifier is adapted to them."""
+        with self._lock:
+            if self.fixed:
+                classes = [{"name": n, "images": 0} for n in self._adapted.names]
+            else:
+                classes = [{"name": n, "images": len(images)} for n, images in self.classes.items()]
+            return {"classes": classes, "adapted": self._adapted is not None}
+
+    def add_class(self, name: object) -> None:
+        """A new empty class."""
+        self._teachable()
+        if not isinstance(name, str) or not name.strip() or len(name) > 64 or not name.isprintable():
+            raise UploadError("a class name is 1 to 64 printable characters")
+        with self._lock:
+            if name in self.classes:
+                raise UploadError(f"there is already a class {name!r}", 409)
+            if len(self.classes) >= self.limits.classes:
+                raise UploadError(f"at most {self.limits.classes} classes", 413)
+            self.classes[name] = []
+            self._adapted = None
+
+    def remove_class(self, name: str) -> None:
+        """Forget a class and its images."""
+        self._teachable()
+        with self._lock:
+            self._known(name)
+            del self.classes[name]
+            self._adapted = None
+
+    def add_images(self, name: str, files: list[tuple[str, bytes]]) -> int:
+        """Decode and add support images to a class (all or none); returns the class's image count."""
+        self._teachable()
+        with self._lock:
+            self._room(name, len(files))
+        images = self._decode(files)  # outside the lock: decoding many photos takes a while
+        with self._lock:
+            self._room(name, len(files))
+            self.classes[name] += list(images)
+            self._adapted = None
+            return len(self.classes[name])
+
+    def adapt(self) -> Adapted:
+        """The classifier for the current classes, adapted now unless it already is."""
+        with self._lock:
+            if self._adapted is None:
+                self._adapted = self._adapt()
+            return self._adapted
+
+    def predict(self, files: list[tuple[str, bytes]]) -> tuple[list[Prediction], Adapted]:
+        """Predicted class and probabilities of each query image (all in one batch), and the
+        classifier that predicted them."""
+        images = self._decode(files)
+        adapted = self.adapt()
+        x = model_input(images, self.config).to(self.device)
+        predictions = classify(adapted.classifier, x, [name for name, _ in files], adapted.names)
+        with self._lock:
+            self._last = (predictions, adapted.names)
+        return predictions, adapted
+
+    def predictions_csv(self) -> str:
+        """The last predictions as `fewsight predict --csv` writes them (only a header before any)."""
+        with self._lock:
+            predictions, names = self._last
+        text = io.StringIO()
+        write_csv(predictions, names, text)
+        return text.getvalue()
+
+    def export(self, format: str) -> bytes:
+        """The adapted classifier as the bytes of a `fewsight export` file (`pt` or `onnx`)."""
+        adapted = self.adapt()
+        return classifier_bytes(self.config, adapted.classifier, adapted.names, format)
+
+    def _adapt(self) -> Adapted:
+        names = list(self.classes)
+        if len(names) < 2:
+            raise UploadError("make at least 2 classes with a few images each, then predict")
+        ways = max_ways(self.config)
+        if ways is not None and len(names) != ways:
+            raise UploadError(
+                f"this {self.config.algorithm} model takes exactly {ways} classes and there are "
+                f"{len(names)}; make {ways}, or serve a model-based model (e.g. omniglot) for any number"
+            )
+        empty = [n for n in names if not self.classes[n]]
+        if empty:
+            raise UploadError(f"class {empty[0]!r} has no images yet; add a few or remove it")
+        support_x = model_input(torch.stack([x for n in names for x in self.classes[n]]), self.config)
+        support_y = torch.tensor([label for label, n in enumerate(names) for _ in self.classes[n]])
+        start = time.perf_counter()
+        classifier = self.learner.adapt(support_x.to(self.device), support_y.to(self.device))
+        return Adapted(classifier, names, time.perf_counter() - start)
+
+    def _decode(self, files: list[tuple[str, bytes]]) -> torch.Tensor:
+        size, depth = self.config.image_size, channels(self.config)
+        arrays = [decode_upload(name, data, self.limits, size, depth) for name, data in files]
+        return torch.from_numpy(np.stack(arrays))
+
+    def _teachable(self) -> None:
+        if self.fixed:
+            raise UploadError(
+                f"{self.model} is an exported classifier with fixed classes; serve a run folder or a "
+                "bundled model to teach new classes",
+                409,
+            )
+
+    def _known(self, name: str) -> None:
+        if name not in self.classes:
+            raise UploadError(f"there is no class {name!r}; make it first", 404)
+
+    def _room(self, name: str, count: int) -> None:
+        self._known(name)
+        if len(self.classes[name]) + count > self.limits.images_per_class:
+            raise UploadError(f"a class holds at most {self.limits.images_per_class} images", 413)

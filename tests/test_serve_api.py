@@ -1,0 +1,214 @@
+"""fewsight serve's JSON API on a real server: every endpoint, on real Omniglot drawings, and every
+kind of bad upload refused with a message that names the file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from fewsight.cli import main
+from fewsight.models import load_exported
+from fewsight.predict import load_images
+from fewsight.serve import Limits, Session, create_app
+from fewsight.serve.openapi import PATHS
+from tests.serving import post_files, post_json, request, running
+
+
+def files(drawings: Path, character: int, images: slice) -> list[tuple[str, bytes]]:
+    folder = drawings / f"character{character:02d}"
+    return [(p.name, p.read_bytes()) for p in sorted(folder.iterdir())[images]]
+
+
+def teach(url: str, drawings: Path, classes: int, shots: int = 2) -> None:
+    """Make classes character01.. with `shots` drawings each."""
+    for c in range(1, classes + 1):
+        name = f"character{c:02d}"
+        assert post_json(f"{url}/api/classes", {"name": name}).status == 201
+        reply = post_files(f"{url}/api/classes/{name}/images", files(drawings, c, slice(shots)))
+        assert reply.status == 200, reply.body
+        assert reply.json()["classes"][-1] == {"name": name, "images": shots}
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def omniglot():
+    with running(Session("omniglot", "cpu")) as url:
+        yield url
+
+
+def test_the_openapi_document_describes_every_api_route(omniglot):
+    document = request(f"{omniglot}/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    app = create_app(Session("omniglot"))
+    api = {
+        (route.path, method.lower())
+        for route in app.routes
+        if route.path.startswith("/api/")
+        for method in route.methods - {"HEAD"}
+    }
+    assert api == {(path, method) for path, item in document["paths"].items() for method in item}
+    assert document["paths"] == PATHS
+
+
+def test_page_and_its_files_are_served(omniglot):
+    page = request(f"{omniglot}/")
+    assert page.status == 200 and b'<script src="/static/app.js">' in page.body
+    assert request(f"{omniglot}/static/app.js").status == 200
+    assert request(f"{omniglot}/static/../session.py").status == 404
+
+
+def test_model_describes_the_bundled_model(omniglot):
+    model = request(f"{omniglot}/api/model").json()
+    assert model["algorithm"] == "protonet" and model["family"] == "model-based"
+    assert model["ways"] is None and model["image_size"] == 28 and not model["fixed_classes"]
+
+
+def test_teach_predict_download_and_export(omniglot, drawings, tmp_path):
+    teach(omniglot, drawings, classes=4)
+    assert request(f"{omniglot}/api/classes").json()["adapted"] is False
+    queries = [item for c in range(1, 5) for item in files(drawings, c, slice(2, 5))]
+    reply = post_files(f"{omniglot}/api/predict", queries)
+    assert reply.status == 200, reply.body
+    result = reply.json()
+    assert result["classes"] == [f"character{c:02d}" for c in range(1, 5)]
+    truth = [f"character{c:02d}" for c in range(1, 5) for _ in range(3)]
+    predicted = [p["predicted"] for p in result["predictions"]]
+    assert sum(map(str.__eq__, predicted, truth)) >= 10, predicted
+    assert all(abs(sum(p["probabilities"]) - 1) < 1e-4 for p in result["predictions"])
+    assert request(f"{omniglot}/api/classes").json()["adapted"] is True
+
+    rows = list(csv.reader(io.StringIO(request(f"{omniglot}/api/predictions.csv").body.decode())))
+    assert rows[0] == ["path", "predicted", "probability", *(f"p_{n}" for n in result["classes"])]
+    assert [row[:2] for row in rows[1:]] == [
+        [name, p] for (name, _), p in zip(queries, predicted, strict=True)
+    ]
+
+    exported = request(f"{omniglot}/api/export?format=pt")
+    assert exported.status == 200 and "fewsight-classifier.pt" in exported.headers["content-disposition"]
+    (tmp_path / "c.pt").write_bytes(exported.body)
+    config, classifier, names = load_exported(tmp_path / "c.pt")
+    assert names == result["classes"]
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for name, data in queries:
+        (folder / name).write_bytes(data)
+    with torch.no_grad():
+        probabilities = classifier(load_images([folder / n for n, _ in queries], config)).softmax(-1)
+    expected = torch.tensor([p["probabilities"] for p in result["predictions"]])
+    torch.testing.assert_close(probabilities, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_classes_can_be_removed(omniglot, drawings):
+    teach(omniglot, drawings, classes=3, shots=1)
+    assert request(f"{omniglot}/api/classes/character02", "DELETE").status == 200
+    names = [c["name"] for c in request(f"{omniglot}/api/classes").json()["classes"]]
+    assert names == ["character01", "character03"]
+    assert request(f"{omniglot}/api/classes/character02", "DELETE").status == 404
+
+
+def test_adapt_answers_with_its_classes(omniglot, drawings):
+    assert "at least 2 classes" in request(f"{omniglot}/api/adapt", "POST").json()["error"]
+    teach(omniglot, drawings, classes=2, shots=1)
+    reply = request(f"{omniglot}/api/adapt", "POST").json()
+    assert reply["classes"] == ["character01", "character02"] and reply["seconds"] >= 0
+
+
+def test_bad_uploads_are_refused_naming_the_file(drawings):
+    limits = Limits(image_bytes=100_000, request_bytes=300_000, files_per_request=4, image_pixels=250_000)
+    good = files(drawings, 1, slice(1))[0][1]
+    with running(Session("omniglot", limits=Limits(**{**vars(limits), "images_per_class": 3}))) as url:
+        assert post_json(f"{url}/api/classes", {"name": "a"}).status == 201
+        target = f"{url}/api/classes/a/images"
+
+        def refused(uploads, status):
+            reply = post_files(target, uploads)
+            assert reply.status == status, reply.body
+            return reply.json()["error"]
+
+        assert "notes.txt is not an image" in refused([("notes.txt", b"hello")], 415)
+        assert "broken.png is a damaged PNG" in refused([("broken.png", good[:8] + b"\0" * 50)], 400)
+        assert "cut.png is not a readable image" in refused([("cut.png", good[:200])], 400)
+        assert "big.png is 0.2 MB" in refused([("big.png", good + b"\0" * 200_000)], 413)
+        huge = png(Image.new("1", (1000, 1000)))  # a few hundred bytes that decode to a megapixel
+        assert "huge.png is 1000x1000 pixels" in refused([("huge.png", huge)], 413)
+        assert "Too many files" in refused([("x.png", good)] * 5, 400)
+        assert "upload is 0.3 MB" in refused([(f"{i}.png", good + b"\0" * 90_000) for i in range(4)], 413)
+        assert "at most 3 images" in refused([("x.png", good)] * 4, 413)
+        assert request(target, "POST", good, {"Content-Type": "image/png"}).status == 415
+        assert post_files(target, [("ok.png", good), ("notes.txt", b"hi")]).status == 415
+        assert request(f"{url}/api/classes").json()["classes"] == [{"name": "a", "images": 0}]
+        assert post_files(f"{url}/api/classes/nope/images", [("x.png", good)]).status == 404
+
+
+def test_bad_requests_are_refused_with_a_message(omniglot):
+    assert post_json(f"{omniglot}/api/classes", {"name": "a"}).status == 201
+    assert post_json(f"{omniglot}/api/classes", {"name": "a"}).status == 409
+    assert post_json(f"{omniglot}/api/classes", {"name": ""}).status == 400
+    assert post_json(f"{omniglot}/api/classes", ["a"]).status == 400
+    not_json = request(f"{omniglot}/api/classes", "POST", b"{", {"Content-Type": "application/json"})
+    assert not_json.status == 400 and "send JSON" in not_json.json()["error"]
+    assert "format must be" in request(f"{omniglot}/api/export?format=zip").json()["error"]
+    assert "at least 2 classes" in request(f"{omniglot}/api/export").json()["error"]
+    assert post_json(f"{omniglot}/api/classes", {"name": "b"}).status == 201
+    assert "class 'a' has no images yet" in request(f"{omniglot}/api/export").json()["error"]
+    assert request(f"{omniglot}/api/nothing").json() == {"error": "Not Found"}
+
+
+def test_other_sites_cannot_reach_the_server(omniglot):
+    reply = post_json(f"{omniglot}/api/classes", {"name": "a"}, Origin="http://example.com")
+    assert reply.status == 403
+    assert request(f"{omniglot}/api/model", headers={"Host": "attacker.example"}).status == 400
+    assert request(f"{omniglot}/api/model", headers={"Host": "localhost:1"}).status == 200
+
+
+def test_uploads_never_touch_the_disk(omniglot, monkeypatch, tmp_path):
+    """A photo over the multipart parser's 1 MB spool stays in memory: no temporary file anywhere."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    photo = png(Image.frombytes("RGB", (700, 700), torch.randint(0, 256, (700 * 700 * 3,)).byte().numpy()))
+    assert len(photo) > 1024 * 1024
+    assert post_json(f"{omniglot}/api/classes", {"name": "photo"}).status == 201
+    assert post_files(f"{omniglot}/api/classes/photo/images", [("photo.png", photo)]).status == 200
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_exported_classifier_keeps_its_classes(drawings, tmp_path):
+    with running(Session("omniglot")) as url:
+        teach(url, drawings, classes=3, shots=1)
+        (tmp_path / "c.pt").write_bytes(request(f"{url}/api/export").body)
+    with running(Session(str(tmp_path / "c.pt"))) as url:
+        assert request(f"{url}/api/model").json()["fixed_classes"] is True
+        names = [c["name"] for c in request(f"{url}/api/classes").json()["classes"]]
+        assert names == ["character01", "character02", "character03"]
+        assert post_json(f"{url}/api/classes", {"name": "new"}).status == 409
+        reply = post_files(f"{url}/api/predict", files(drawings, 2, slice(3, 4)))
+        assert reply.json()["predictions"][0]["predicted"] == "character02"
+
+
+def test_a_maml_run_takes_exactly_its_ways_and_adapts(drawings, maml_run):
+    with running(Session(str(maml_run))) as url:
+        model = request(f"{url}/api/model").json()
+        assert model["family"] == "maml" and model["ways"] == 3 and model["adapt_steps"] == 3
+        teach(url, drawings, classes=2, shots=1)
+        assert "takes exactly 3 classes" in request(f"{url}/api/adapt", "POST").json()["error"]
+        assert post_json(f"{url}/api/classes", {"name": "character03"}).status == 201
+        post_files(f"{url}/api/classes/character03/images", files(drawings, 3, slice(1)))
+        assert request(f"{url}/api/adapt", "POST").status == 200
+        reply = post_files(f"{url}/api/predict", files(drawings, 1, slice(2, 5)))
+        assert reply.status == 200 and len(reply.json()["predictions"]) == 3
+
+
+def test_serve_refuses_a_model_it_cannot_find(capsys):
+    assert main(["serve", "no-such-model", "--port", "0"]) == 2
+    assert "neither a run folder" in capsys.readouterr().err
+    assert main(["serve", "--port", "70000"]) == 2
