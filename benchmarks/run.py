@@ -21,7 +21,13 @@ import torch
 from fewsight import bench
 
 HERE = Path(__file__).resolve().parent
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def markers(datasets: list[str] | None) -> tuple[str, str]:
+    """The comments around the block this run writes: one block per data set selection, so that the
+    suite can run in parts on a machine whose commands are time-limited."""
+    name = "bench" + ("" if datasets is None else ":" + "+".join(datasets))
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
 def peer_implementations() -> Callable[[bench.Case], dict[str, bench.Implementation]]:
@@ -98,10 +104,13 @@ def main() -> None:
         f"- episode sampler, meta-batches of {t}: {s:,.0f} Omniglot 5-way 1-shot episodes per second"
         for t, s in speeds.items()
     )
-    block = f"{START}\n{header}\n{bench.markdown(rows)}\n{sampler}\n\n{profiled}{END}"
-    text = args.doc.read_text() if args.doc.is_file() else f"# Benchmarks\n\n{START}\n{END}\n"
-    before, _, rest = text.partition(START)
-    _, _, after = rest.partition(END)
+    start, end = markers(args.dataset)
+    block = f"{start}\n{header}\n{bench.markdown(rows)}\n{sampler}\n\n{profiled}{end}"
+    text = args.doc.read_text() if args.doc.is_file() else "# Benchmarks\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    before, _, rest = text.partition(start)
+    _, _, after = rest.partition(end)
     args.doc.write_text(before + block + after)
     if args.json:
         args.json.write_text(json.dumps({"rows": bench.as_dicts(rows), "sampler": speeds}, indent=1) + "\n")
