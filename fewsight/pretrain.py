@@ -29,6 +29,7 @@ from fewsight.data.augment import augment
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
 from fewsight.runs import RunConfig, assign_classes, build_learner, load_checkpoint, load_split
+from fewsight.schedules import cosine_lr
 from fewsight.signals import StopRequests
 from fewsight.train import VALIDATION_SEED, _autocast, _keep_metrics_until, default_device
 
@@ -102,11 +103,6 @@ class PretrainConfig:
             )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in saved["pretrain"].items() if k in known})
-
-
-def cosine_lr(base: float, step: int, total: int) -> float:
-    """The learning rate of step 1..total: base, decaying to 0 along half a cosine."""
-    return base * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
 
 
 def pretrain(
@@ -221,7 +217,7 @@ def pretrain(
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(config.lr, step, total)
+                    group["lr"] = cosine_lr(config.lr, step, total, floor_fraction=0.0)
                 if hasattr(backbone, "set_drop_rate"):
                     backbone.set_drop_rate(config.drop_rate * min(1.0, step / (DROP_RAMP * total)))
                 with _autocast(device, config.bf16):
@@ -241,7 +237,7 @@ def pretrain(
                         "epoch": step / per_epoch,
                         "loss": loss_sum.item() / interval_steps,
                         "accuracy": correct_sum.item() / interval_steps,
-                        "lr": cosine_lr(config.lr, step, total),
+                        "lr": cosine_lr(config.lr, step, total, floor_fraction=0.0),
                         "images_per_s": interval_steps
                         * config.batch_size
                         / (time.perf_counter() - interval_start),

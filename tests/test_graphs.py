@@ -12,8 +12,8 @@ from fewsight.runs import RunConfig, build_learner
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 
-def batches(data, count: int, device: str = "cpu") -> list:
-    sampler = EpisodeSampler(data, 5, 1, 3, device)
+def batches(data, count: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> list:
+    sampler = EpisodeSampler(data, 5, 1, 3, device, dtype)
     generator = sampler.generator(0)
     return [sampler.sample(4, generator) for _ in range(count)]
 
@@ -44,12 +44,12 @@ def test_snapshot_puts_weights_and_a_fresh_optimiser_back():
 @cuda
 @pytest.mark.parametrize("algorithm", ["maml", "protonet"])
 def test_replayed_training_equals_eager_training(omniglot_train, algorithm):
-    device = torch.device("cuda")
-    drawn = batches(omniglot_train, 4, "cuda")
+    """In float64, where the GPU's kernels agree to rounding whichever algorithm cuDNN picks."""
+    drawn = batches(omniglot_train, 4, "cuda", torch.float64)
     weights = []
     for graphed in (False, True):
         torch.manual_seed(0)
-        learner = build_learner(RunConfig(algorithm=algorithm)).to(device)
+        learner = build_learner(RunConfig(algorithm=algorithm)).to("cuda", torch.float64)
         optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3, capturable=True)
         step = GraphedTrainingStep(learner, optimizer, drawn[0]) if graphed else None
         for batch in drawn:
@@ -61,7 +61,8 @@ def test_replayed_training_equals_eager_training(omniglot_train, algorithm):
                 optimizer.step()
         weights.append(learner.state_dict())
     for name, value in weights[0].items():
-        torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-5, msg=name)
+        if not name.endswith("conv.bias"):  # exact gradient 0 before batch norm: Adam steps on noise
+            torch.testing.assert_close(weights[1][name], value, rtol=1e-9, atol=1e-9)
 
 
 def test_cuda_graphs_on_the_cpu_get_a_clear_error(tmp_path, capsys):
