@@ -32,6 +32,19 @@ def omniglot_train():
 
 
 @pytest.fixture(scope="session")
+def mini_test_photos() -> dict[str, list[Path]]:
+    """The miniImageNet sample's test photos (classes unseen in training), by class, sorted."""
+    sample = SHARED_DATA / "miniimagenet-sample"
+    if not sample.is_dir():
+        pytest.skip("../shared/data/miniimagenet-sample is not here")
+    by_class: dict[str, list[Path]] = {}
+    for line in (sample / "test.csv").read_text().splitlines()[1:]:
+        file, label = line.split(",")
+        by_class.setdefault(label, []).append(sample / "images" / file)
+    return {label: sorted(paths) for label, paths in sorted(by_class.items())}
+
+
+@pytest.fixture(scope="session")
 def drawings(tmp_path_factory) -> Path:
     """Angelic characters 1-20 of the evaluation alphabets (unseen by the bundled model), as PNGs."""
     archive = SHARED_DATA / "omniglot" / "images_evaluation.zip"

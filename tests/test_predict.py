@@ -147,25 +147,18 @@ def test_training_on_your_own_image_folder_and_csv(drawings, tmp_path):
     assert json.loads((csv_run / "config.json").read_text())["class_split"] == split
 
 
-def test_bundled_miniimagenet_model_recognises_unseen_classes(tmp_path):
+def test_bundled_miniimagenet_model_recognises_unseen_classes(mini_test_photos, tmp_path):
     """The `miniimagenet` model on 5 test classes of the sample (never seen in training): 5 photos
     each as support, 5 others as queries; well above the 20% of chance."""
-    sample = SHARED_DATA / "miniimagenet-sample"
-    if not sample.is_dir():
-        pytest.skip("../shared/data/miniimagenet-sample is not here")
-    rows = [line.split(",") for line in (sample / "test.csv").read_text().splitlines()[1:]]
-    by_class: dict[str, list[str]] = {}
-    for file, label in rows:
-        by_class.setdefault(label, []).append(file)
     support, query = tmp_path / "support", tmp_path / "query"
     query.mkdir()
-    for label in sorted(by_class)[:5]:
+    for label in list(mini_test_photos)[:5]:
         (support / label).mkdir(parents=True)
-        files = sorted(by_class[label])
-        for file in files[:5]:
-            (support / label / file).write_bytes((sample / "images" / file).read_bytes())
-        for file in files[5:10]:
-            (query / f"{label}-{file}").write_bytes((sample / "images" / file).read_bytes())
+        photos = mini_test_photos[label]
+        for photo in photos[:5]:
+            (support / label / photo.name).write_bytes(photo.read_bytes())
+        for photo in photos[5:10]:
+            (query / f"{label}-{photo.name}").write_bytes(photo.read_bytes())
     out = tmp_path / "out.csv"
     args = ["predict", "miniimagenet", "--support", str(support), "--query", str(query), "--csv", str(out)]
     assert main([*args, "--device", "cpu"]) == 0

@@ -214,26 +214,18 @@ def test_serve_refuses_a_model_it_cannot_find(capsys):
     assert main(["serve", "--port", "70000"]) == 2
 
 
-def test_the_bundled_miniimagenet_model_serves_colour_photos():
+def test_the_bundled_miniimagenet_model_serves_colour_photos(mini_test_photos):
     """The page's API with the other bundled model: 3 unseen miniImageNet test classes of the sample,
     5 photos each, then 5 other photos of each as queries."""
-    from tests.conftest import SHARED_DATA
-
-    sample = SHARED_DATA / "miniimagenet-sample"
-    if not sample.is_dir():
-        pytest.skip("../shared/data/miniimagenet-sample is not here")
-    by_class: dict[str, list[Path]] = {}
-    for line in (sample / "test.csv").read_text().splitlines()[1:]:
-        file, label = line.split(",")
-        by_class.setdefault(label, []).append(sample / "images" / file)
-    labels = sorted(by_class)[:3]
+    by_class = mini_test_photos
+    labels = list(by_class)[:3]
     with running(Session("miniimagenet", "cpu")) as url:
         assert request(f"{url}/api/model").json()["image_size"] == 84
         for label in labels:
             assert post_json(f"{url}/api/classes", {"name": label}).status == 201
-            photos = [(p.name, p.read_bytes()) for p in sorted(by_class[label])[:5]]
+            photos = [(p.name, p.read_bytes()) for p in by_class[label][:5]]
             assert post_files(f"{url}/api/classes/{label}/images", photos).status == 200
-        queries = [(p.name, p.read_bytes()) for label in labels for p in sorted(by_class[label])[5:10]]
+        queries = [(p.name, p.read_bytes()) for label in labels for p in by_class[label][5:10]]
         reply = post_files(f"{url}/api/predict", queries)
     assert reply.status == 200, reply.body
     predicted = [p["predicted"] for p in reply.json()["predictions"]]
