@@ -121,12 +121,12 @@ def torchopt_adapter(model: nn.Module, inner_lr: float, steps: int) -> Adapt:
 ADAPTERS = {"learn2learn": learn2learn_adapter, "higher": higher_adapter, "torchopt": torchopt_adapter}
 
 
-def make_peer_step(name: str, learner: MAML, batch: TaskBatch) -> Callable[[], Grads]:
-    """One meta-step of `learner`'s MAML on `batch` with peer `name`: call it for the meta-gradient.
+def peer_trainer(name: str, learner: MAML) -> tuple[nn.Module, Callable[[TaskBatch], None]]:
+    """Peer `name`'s twin of `learner.model` and a call that adds its meta-gradient on a meta-batch.
 
-    The peer works on its own twin of `learner.model` (same weights, device and dtype); the step
-    clears and refills the twin's gradients, and returns them under the learner's parameter names
-    (``model.blocks.0.conv.weight``...), as fewsight.bench's implementations do.
+    The twin has the learner's weights, device and dtype; the call backpropagates the query loss of
+    every task of the batch divided by the task count into the twin's `.grad`s, which it does not
+    clear, as a training loop with an optimiser over the twin's parameters wants.
     """
     if name not in ADAPTERS:
         raise ValueError(f"unknown peer {name!r}: choose from {', '.join(PEERS)}")
@@ -136,13 +136,10 @@ def make_peer_step(name: str, learner: MAML, batch: TaskBatch) -> Callable[[], G
         raise ValueError("the peers adapt every parameter, as MAML does by default")
     # Only the model's parameters are meta-learned (no learned rates), under the prefix "model.".
     model = torch_twin(learner.model).train()
-    params = dict(model.named_parameters())
     adapter = ADAPTERS[name](model, learner.inner_lr, learner.steps)
-    tasks = batch.tasks
 
-    def step() -> Grads:
-        for p in params.values():
-            p.grad = None
+    def backward(batch: TaskBatch) -> None:
+        tasks = batch.tasks
         for t in range(tasks):
 
             def support(module: nn.Module, t: int = t) -> torch.Tensor:
@@ -151,6 +148,24 @@ def make_peer_step(name: str, learner: MAML, batch: TaskBatch) -> Callable[[], G
             with adapter(support) as adapted:
                 query_loss = F.cross_entropy(adapted(batch.query_x[t]), batch.query_y[t])
                 (query_loss / tasks).backward()
+
+    return model, backward
+
+
+def make_peer_step(name: str, learner: MAML, batch: TaskBatch) -> Callable[[], Grads]:
+    """One meta-step of `learner`'s MAML on `batch` with peer `name`: call it for the meta-gradient.
+
+    The peer works on its own twin of `learner.model` (see `peer_trainer`); the step clears and
+    refills the twin's gradients, and returns them under the learner's parameter names
+    (``model.blocks.0.conv.weight``...), as fewsight.bench's implementations do.
+    """
+    model, backward = peer_trainer(name, learner)
+    params = dict(model.named_parameters())
+
+    def step() -> Grads:
+        for p in params.values():
+            p.grad = None
+        backward(batch)
         return {f"model.{n}": p.grad for n, p in params.items()}
 
     return step
