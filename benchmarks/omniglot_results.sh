@@ -2,7 +2,7 @@
 # The Omniglot runs behind docs/RESULTS.md, side by side on one GPU, each stopped (with a
 # checkpoint) after $SECONDS_PER_CALL seconds so that they resume across calls of a time-limited
 # machine, then evaluated on 1,000 test episodes.
-# Usage: benchmarks/omniglot_results.sh {maml-family|model-based|five-shot} RUNS_DIR [--resume]
+# Usage: benchmarks/omniglot_results.sh {maml-family|model-based|five-shot|reptile} RUNS_DIR [--resume]
 set -u
 family=${1:?family}; runs=${2:?RUNS_DIR}; resume=${3:-}
 limit=${SECONDS_PER_CALL:-480}
@@ -47,6 +47,15 @@ case $family in
       launch "$algorithm-5w5s" --algorithm "$algorithm" --ways 5 --shots 5 --meta-batch 32
       launch "$algorithm-20w5s" --algorithm "$algorithm" --ways 20 --shots 5 --meta-batch 16
     done
+    ;;
+  reptile)
+    # Reptile (Nichol et al. 2018) with fewsight's update: 5 plain SGD steps on each task's support and
+    # query images, Adam on the pseudo-gradient theta - mean(phi); tested with 10 steps on the support.
+    reptile=(--algorithm reptile --inner-lr 0.1 --inner-steps 5 --eval-inner-steps 10)
+    launch reptile-5w1s "${reptile[@]}" "${five[@]}"
+    launch reptile-5w5s "${reptile[@]}" --ways 5 --shots 5 --meta-batch 32
+    launch reptile-20w1s "${reptile[@]}" "${twenty[@]}"
+    launch reptile-20w5s "${reptile[@]}" --ways 20 --shots 5 --meta-batch 16
     ;;
   *) echo "unknown family $family" >&2; exit 2 ;;
 esac

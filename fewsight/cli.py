@@ -95,8 +95,10 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--augment", action="store_true", help=_AUGMENT_HELP)
     parser.add_argument(
         "--cuda-graphs",
-        action="store_true",
-        help="record the meta-training step once as a CUDA graph and replay it (one GPU, one process)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="record the meta-training step once as a CUDA graph and replay it, 2-3x faster; applies on "
+        "a GPU in one process (default: on; --no-cuda-graphs runs the step eagerly)",
     )
     parser.add_argument(
         "--learned-inner-lr",
@@ -186,9 +188,9 @@ def _eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch",
         type=int,
-        default=50,
-        help="episodes evaluated at once (default: %(default)s; lower it if memory runs out, e.g. 4 for "
-        "miniImageNet on a CPU; it also picks which episodes the seed draws)",
+        default=10,
+        help="episodes evaluated at once (default: %(default)s; lower it if memory runs out, raise it for "
+        "speed on a large GPU; the seed's episodes are the same at any batch)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     _common(parser)

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from fewsight.algorithms import MetaLearner
 from fewsight.data import EpisodeSampler
+from fewsight.data.episodes import fixed_batches
 from fewsight.distributed import gather, is_main, world
 
 
@@ -42,7 +43,7 @@ def evaluate(
     per_episode = [torch.zeros(0, dtype=torch.float64, device=sampler.device)]
     with torch.no_grad():
         batches = sampler.fixed_episodes(episodes, batch, seed, (rank, processes))
-        total = math.ceil(math.ceil(episodes / batch) / processes)
+        total = len(range(rank, fixed_batches(episodes, batch), processes))
         quiet = not progress or not is_main()
         for tasks in tqdm(batches, total=total, desc="evaluating", disable=quiet, leave=False):
             logits = learner.query_logits(tasks)

@@ -51,7 +51,10 @@ def _tensors(batch: TaskBatch) -> tuple[torch.Tensor | None, ...]:
 class GraphedTrainingStep:
     """A meta-training step replayed from a CUDA graph: `step(batch)` returns (loss, accuracy).
 
-    The optimiser must be built with `capturable=True`. The warm-up runs that capturing needs would
+    The optimiser must be built with `capturable=True`; its learning rates become device tensors, so
+    that `set_learning_rate` reaches the graph. Schedules that only change numbers (the multi-step
+    loss weights, the learning rate) are read from tensors the graph reads; when the learner's
+    `step_variant()` changes, the step is recorded again. The warm-up runs that capturing needs would
     move the weights, so the learner's and optimiser's tensors are put back before recording: training
     goes on exactly as without the graph.
     """
@@ -64,10 +67,20 @@ class GraphedTrainingStep:
         autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> None:
         self.learner, self.optimizer, self.autocast = learner, optimizer, autocast
+        device = next(learner.parameters()).device
+        for group in optimizer.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
         self.batch = static_copy(example)
-        saved = _snapshot(learner, optimizer)
-        self.graph, self.outputs = capture(self._step)
-        _restore(saved)
+        self._record()
+
+    def _record(self) -> None:
+        self.graph = self.outputs = None  # the previous recording's memory goes back first
+        self.variant = self.learner.step_variant()
+        saved = _snapshot(self.learner, self.optimizer)
+        try:
+            self.graph, self.outputs = capture(self._step)
+        finally:
+            _restore(saved)
 
     def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.optimizer.zero_grad(set_to_none=False)  # in the graph: gradients keep their addresses
@@ -79,8 +92,26 @@ class GraphedTrainingStep:
 
     def __call__(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         load(self.batch, batch)
+        if self.learner.step_variant() != self.variant:
+            self._record()
         self.graph.replay()
         return self.outputs
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set every group's learning rate, in place where it is a tensor (as a graphed step's is)."""
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
+
+
+def plain_learning_rates(optimizer: torch.optim.Optimizer) -> None:
+    """Learning rates back to floats, as the eager step needs (a checkpoint of a graphed run holds
+    tensors)."""
+    for group in optimizer.param_groups:
+        group["lr"] = float(group["lr"])
 
 
 def _snapshot(

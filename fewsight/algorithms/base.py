@@ -39,6 +39,12 @@ class MetaLearner(nn.Module):
         """Tell the learner the meta-training step about to run (1, 2, ...), for schedules such as
         MAML++'s; the training loop calls it before every step. Most algorithms have none."""
 
+    def step_variant(self) -> tuple:
+        """A value that changes when the meta-training step's computation changes, not just its
+        numbers (MAML++ switches from first- to second-order): a CUDA graph recorded for one variant
+        must be recorded again for the next."""
+        return ()
+
     def meta_loss(self, batch: TaskBatch) -> MetaLoss:
         """Query loss after adaptation, averaged over the tasks: call `.backward()` on `.loss`."""
         return self._loss_and_accuracy(self.query_logits(batch), batch)

@@ -37,6 +37,13 @@ Step = Callable[[Params, torch.Tensor, torch.Tensor, int], Params]  # one inner 
 T = TypeVar("T")
 
 
+def descend(value: torch.Tensor, grad: torch.Tensor, rate: torch.Tensor | float) -> torch.Tensor:
+    """value - rate * grad as one kernel (rate: a float, or a tensor that broadcasts to value)."""
+    if torch.is_tensor(rate):
+        return torch.addcmul(value, rate, grad, value=-1)
+    return torch.add(value, grad, alpha=-rate)
+
+
 class AdaptedClassifier(nn.Module):
     """A model with task-specific parameters: images (B, C, H, W) -> logits (B, N).
 
@@ -133,9 +140,20 @@ class MAML(MetaLearner):
         self.step_norms = nn.ParameterList(
             nn.Parameter(named[name].detach().clone().expand(steps - 1, -1).clone()) for name in self.norms
         )
+        # The multi-step loss weights of the current meta-step, kept on the device and refilled in
+        # place by `schedule`, so that a recorded CUDA graph reads each step's weights.
+        self.register_buffer("loss_weights", self._scheduled_weights(), persistent=False)
+
+    def _scheduled_weights(self) -> torch.Tensor:
+        return torch.tensor(multi_step_weights(self.steps, self.meta_step, max(self.multi_step_loss, 1)))
 
     def schedule(self, step: int) -> None:
         self.meta_step = step - 1  # meta-steps already taken: 0 for the first
+        if self.multi_step_loss:
+            self.loss_weights.copy_(self._scheduled_weights())
+
+    def step_variant(self) -> tuple:
+        return (self._first_order(),)
 
     def inner_rates(self, step: int) -> dict[str, torch.Tensor | float]:
         """Step size of each adapted parameter at inner step `step` (MetaSGD and LSLR learn these)."""
@@ -180,7 +198,7 @@ class MAML(MetaLearner):
         if self._first_order():
             grads = {name: grad.detach() for name, grad in grads.items()}
         rates = self.inner_rates(step)
-        return {name: fast[name] - rates[name] * grads[name] for name in fast}
+        return {name: descend(fast[name], grads[name], rates[name]) for name in fast}
 
     def inner_step_reference(
         self, params: Params, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int
@@ -196,7 +214,7 @@ class MAML(MetaLearner):
                 loss, list(fast.values()), create_graph=tracking and not self._first_order()
             )
         rates = self.inner_rates(step)
-        fast = {name: fast[name] - rates[name] * g for name, g in zip(fast, grads, strict=True)}
+        fast = {name: descend(fast[name], g, rates[name]) for name, g in zip(fast, grads, strict=True)}
         return fast if tracking else {name: value.detach() for name, value in fast.items()}
 
     def trajectory(
@@ -349,10 +367,9 @@ class MAML(MetaLearner):
         if not self._multi_step():
             return self._loss_and_accuracy(self.query_logits(batch), batch)
         logits = self.step_logits(batch, every_step=True)
-        weights = multi_step_weights(self.steps, self.meta_step, self.multi_step_loss)
-        losses = [self._loss_and_accuracy(logits[:, k], batch).loss for k in range(self.steps)]
+        losses = torch.stack([self._loss_and_accuracy(logits[:, k], batch).loss for k in range(self.steps)])
         last = self._loss_and_accuracy(logits[:, -1], batch)
-        return MetaLoss(sum(w * loss for w, loss in zip(weights, losses, strict=True)), last.accuracy)
+        return MetaLoss((self.loss_weights.to(losses.dtype) * losses).sum(), last.accuracy)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> AdaptedClassifier:
         params = {name: p.detach() for name, p in self.model.named_parameters()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -9,6 +10,9 @@ import torch
 
 from fewsight.data.images import LabelledImages
 from fewsight.errors import FewsightError
+
+FIXED_DRAW = 50  # fixed episodes are drawn this many at a time, so a seed's episodes do not depend on
+# how many are evaluated at once (and equal those of earlier versions, which drew them in batches of 50)
 
 
 @dataclass
@@ -97,11 +101,13 @@ class EpisodeSampler:
         """Classes (T, N) and image indices (T, N, K+Q), drawn without replacement."""
         device = generator.device
         table, counts = self.table.to(device), self.counts.to(device)
+        # The k smallest of uniform scores are a uniform k-subset in random order; topk finds them
+        # with fewer kernels than a full argsort.
         classes = torch.rand(tasks, len(counts), generator=generator, device=device)
-        classes = classes.argsort(dim=1)[:, : self.ways]
+        classes = classes.topk(self.ways, dim=1, largest=False).indices
         scores = torch.rand(tasks, self.ways, table.shape[1], generator=generator, device=device)
         scores = scores.masked_fill(torch.arange(table.shape[1], device=device) >= counts[classes, None], 2.0)
-        positions = scores.argsort(dim=2)[:, :, : self.shots + self.queries]
+        positions = scores.topk(self.shots + self.queries, dim=2, largest=False).indices
         return classes, table[classes[..., None], positions]
 
     def _gather(self, classes: torch.Tensor, indices: torch.Tensor) -> TaskBatch:
@@ -136,13 +142,22 @@ class EpisodeSampler:
     def fixed_episodes(
         self, count: int, batch: int, seed: int, shard: tuple[int, int] = (0, 1)
     ) -> Iterator[TaskBatch]:
-        """The same `count` tasks for a given seed on any device, in meta-batches of `batch`; with
-        `shard` = (rank, processes), only every processes-th meta-batch, starting at rank."""
+        """The same `count` tasks for a given seed on any device and at any `batch`, in meta-batches
+        of at most `batch`; with `shard` = (rank, processes), only every processes-th meta-batch,
+        starting at rank. (Tasks are drawn FIXED_DRAW at a time, whatever the batch.)"""
         if count < 1 or batch < 1:
             raise FewsightError(f"episodes and batch must be at least 1, not {count} and {batch}")
         generator = torch.Generator().manual_seed(seed)
         rank, processes = shard
-        for number, start in enumerate(range(0, count, batch)):
-            drawn = self._draw_indices(min(batch, count - start), generator)
-            if number % processes == rank:
-                yield self._gather(*drawn)
+        number = 0
+        for start in range(0, count, FIXED_DRAW):
+            classes, indices = self._draw_indices(min(FIXED_DRAW, count - start), generator)
+            for first in range(0, len(classes), batch):
+                if number % processes == rank:
+                    yield self._gather(classes[first : first + batch], indices[first : first + batch])
+                number += 1
+
+
+def fixed_batches(count: int, batch: int) -> int:
+    """How many meta-batches `EpisodeSampler.fixed_episodes(count, batch, ...)` yields in all."""
+    return sum(math.ceil(min(FIXED_DRAW, count - start) / batch) for start in range(0, count, FIXED_DRAW))

@@ -14,7 +14,8 @@ Film = tuple[torch.Tensor, torch.Tensor]
 
 
 class ConvBlock(nn.Module):
-    """3x3 convolution, batch norm, ReLU, 2x2 max-pool: halves the spatial size.
+    """3x3 convolution, batch norm, ReLU, 2x2 max-pool: halves the spatial size. (The pool runs
+    before the ReLU: both orders give the same values, as ReLU is monotone.)
 
     `film`, a per-channel (scale, shift) pair of shape (C,) each, conditions the block on a task
     (feature-wise linear modulation after the norm), as the task-conditioned hypernetwork does.
@@ -31,7 +32,7 @@ class ConvBlock(nn.Module):
         x = self.norm(self.conv(x), context_size)
         if film is not None:
             x = x * film[0].view(1, -1, 1, 1) + film[1].view(1, -1, 1, 1)
-        return F.max_pool2d(F.relu(x), 2)
+        return F.relu(F.max_pool2d(x, 2))  # = pool(relu(x)), with the ReLU on a quarter of the values
 
 
 class Conv4(nn.Module):
