@@ -67,9 +67,9 @@ class GraphedTrainingStep:
         autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> None:
         self.learner, self.optimizer, self.autocast = learner, optimizer, autocast
-        device = next(learner.parameters()).device
-        for group in optimizer.param_groups:
-            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        for group in optimizer.param_groups:  # in the parameters' dtype: float64 training stays exact
+            like = group["params"][0]
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=like.dtype, device=like.device)
         self.batch = static_copy(example)
         self._record()
 
