@@ -9,7 +9,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from fewsight.errors import FewsightError
-from fewsight.runs import ALGORITHMS, BACKBONES, RunConfig
+from fewsight.runs import ALGORITHMS, BACKBONES, METRICS, RunConfig
 
 _DEFAULTS = RunConfig()
 _RESOLVED_LATER = ("image_size", "inner_steps", "eval_inner_steps")  # their defaults depend on other flags
@@ -32,6 +32,8 @@ _HELP = {
     f"(default: {_DEFAULTS.eval_inner_steps}; mamlpp: {MAMLPP_INNER_STEPS})",
     "meta_lr": "Adam's learning rate for the meta-update",
     "base_mix": "weightpred: probability of using a class's stored base weights while meta-training",
+    "metric": "protonet: compare queries with the class prototypes by squared euclidean distance, or by "
+    "cosine similarity times a learned temperature starting at 10 (Meta-Baseline)",
     "seed": "seed of the initialisation and of the training episodes",
     "val_every": "validate every this many steps",
     "val_episodes": "validation episodes (fixed)",
@@ -49,7 +51,7 @@ _HELP = {
     "init": "start the backbone from this run's (e.g. a fewsight pretrain run's); the head is not copied",
 }
 _AUGMENT_HELP = "augment training images on the device: random resized crop, flip, colour jitter"
-_CHOICES = {"algorithm": ALGORITHMS, "protocol": ("maml", "lake"), "backbone": BACKBONES}
+_CHOICES = {"algorithm": ALGORITHMS, "protocol": ("maml", "lake"), "backbone": BACKBONES, "metric": METRICS}
 
 
 def _config_flags(
@@ -144,6 +146,8 @@ _PRETRAIN_HELP = {
     "val_episodes": "5-way 1-shot validation episodes (nearest centroid) after every epoch",
     "log_every": "write a metrics line every this many steps (and after every epoch)",
     "checkpoint_every": "save a checkpoint every this many steps",
+    "metric": "how validation and fewsight eval RUN score the backbone: nearest centroid by euclidean "
+    "distance, or by cosine similarity (Meta-Baseline's Classifier-Baseline)",
 }
 
 
@@ -191,6 +195,12 @@ def _eval_parser(commands: argparse._SubParsersAction) -> None:
         default=10,
         help="episodes evaluated at once (default: %(default)s; lower it if memory runs out, raise it for "
         "speed on a large GPU; the seed's episodes are the same at any batch)",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=METRICS,
+        help="protonet and pretrain runs: score with this metric instead of the run's (e.g. one pre-trained "
+        "backbone both ways)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     _common(parser)
@@ -394,6 +404,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
 def _run_eval(args: argparse.Namespace) -> None:
     import torch
 
+    from fewsight.algorithms import ProtoNet
     from fewsight.data import EpisodeSampler
     from fewsight.evaluate import evaluate
     from fewsight.models import load_model, max_ways, resolve_run
@@ -409,6 +420,12 @@ def _run_eval(args: argparse.Namespace) -> None:
 
     device = setup(_device(args.device))
     config, learner = load_model(resolve_run(args.run), device)
+    if args.metric is not None:
+        if not isinstance(learner, ProtoNet):
+            raise FewsightError(
+                f"--metric applies to protonet and pretrain runs, not {config.algorithm}; drop it"
+            )
+        learner = learner.with_metric(args.metric)
     ways = args.ways or config.ways
     if max_ways(config) not in (None, ways):
         raise FewsightError(f"this {config.algorithm} model takes exactly {config.ways} ways; drop --ways")
@@ -425,9 +442,12 @@ def _run_eval(args: argparse.Namespace) -> None:
         return
     if args.json:
         details = {"split": args.split, "seed": args.seed, "ways": ways, "shots": shots}
+        if isinstance(learner, ProtoNet):
+            details["metric"] = learner.metric
         print(json.dumps({**asdict(accuracy), **details, "algorithm": config.algorithm}))
     else:
-        print(f"{config.algorithm} {ways}-way {shots}-shot, {args.split}: {accuracy}")
+        scored = f" ({learner.metric})" if isinstance(learner, ProtoNet) else ""
+        print(f"{config.algorithm}{scored} {ways}-way {shots}-shot, {args.split}: {accuracy}")
 
 
 def _bundled() -> list[str]:

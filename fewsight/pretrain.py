@@ -5,8 +5,8 @@ SGD with momentum 0.9 and weight decay, a cosine learning-rate schedule, optiona
 device, bf16 autocast and channels-last on GPUs. The run folder is also a ProtoNet run: its config.json
 is a RunConfig (algorithm protonet) with the pre-training settings under "pretrain", and its
 checkpoint's "learner" holds the ProtoNet's weights, that is, the backbone. So `fewsight eval RUN`
-scores the pre-trained backbone as a nearest-centroid classifier (Meta-Baseline's Classifier-Baseline),
-and `fewsight train --init RUN` starts any algorithm's backbone from it.
+scores the pre-trained backbone as a nearest-centroid classifier (Meta-Baseline's Classifier-Baseline,
+with `metric="cosine"`), and `fewsight train --init RUN` starts any algorithm's backbone from it.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class PretrainConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     class_split: dict[str, list[str]] | None = None
+    metric: str = "euclidean"  # how the run scores the backbone (validation, eval): nearest centroid
 
     def run_config(self) -> RunConfig:
         """The ProtoNet run this pre-training run also is (what eval, predict and --init read)."""

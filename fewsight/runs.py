@@ -22,6 +22,7 @@ from fewsight.algorithms import (
     TaskHypernetwork,
     WeightPrediction,
 )
+from fewsight.algorithms.protonet import METRICS
 from fewsight.checkpoints import LATEST, read_checkpoint, write_atomic
 from fewsight.data import LabelledImages, load_omniglot
 from fewsight.data.folder import labelled_files, load_image_files, split_classes
@@ -58,6 +59,7 @@ class RunConfig:
     meta_lr: float = 1e-3
     base_mix: float = 0.0
     base_classes: int = 0
+    metric: str = "euclidean"  # protonet: how queries are compared with the class prototypes
     transductive: bool = True
     trainval: bool = False
     seed: int = 0
@@ -134,6 +136,10 @@ class RunConfig:
             raise FewsightError("--base-mix is a probability: use a value in [0, 1]")
         if self.base_mix > 0 and self.algorithm != "weightpred":
             raise FewsightError("--base-mix applies to --algorithm weightpred only")
+        if self.metric not in METRICS:
+            raise FewsightError(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
+        if self.metric != "euclidean" and self.algorithm != "protonet":
+            raise FewsightError("--metric applies to --algorithm protonet only; drop it")
         for name in ("multi_step_loss", "first_order_steps", "task_chunk"):
             if getattr(self, name) < 0:
                 raise FewsightError(f"--{name.replace('_', '-')} must be 0 (off) or more")
@@ -249,7 +255,7 @@ def build_learner(config: RunConfig) -> MetaLearner:
     backbone = build_backbone(config, None if config.algorithm in MODEL_BASED else config.ways)
     size, transductive = backbone.feature_size, config.transductive
     if config.algorithm == "protonet":
-        return ProtoNet(backbone, transductive)
+        return ProtoNet(backbone, transductive, config.metric)
     if config.algorithm == "weightpred":
         return WeightPrediction(backbone, size, config.base_classes, config.base_mix, transductive)
     if config.algorithm == "hypernet":

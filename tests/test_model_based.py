@@ -10,8 +10,8 @@ from tests.conftest import assert_meta_training_lowers_the_loss
 
 def make(name: str, base_classes: int = 0) -> fewsight.ParameterPredictor:
     backbone = Conv4(None)
-    if name == "protonet":
-        return fewsight.ProtoNet(backbone)
+    if name.startswith("protonet"):
+        return fewsight.ProtoNet(backbone, metric="cosine" if name == "protonet-cosine" else "euclidean")
     if name == "weightpred":
         return fewsight.WeightPrediction(
             backbone, 64, base_classes=base_classes, base_mix=0.5 * (base_classes > 0)
@@ -21,7 +21,7 @@ def make(name: str, base_classes: int = 0) -> fewsight.ParameterPredictor:
     return fewsight.LEO(backbone, 64, steps=2)
 
 
-NAMES = ["protonet", "weightpred", "hypernet", "leo"]
+NAMES = ["protonet", "protonet-cosine", "weightpred", "hypernet", "leo"]
 
 
 @pytest.fixture(scope="module")

@@ -98,3 +98,28 @@ def test_a_backbone_that_does_not_fit_is_refused_before_data_is_loaded(pretraine
     assert main(["train", *flags, *change, "--out", str(tmp_path / "run")]) == 2
     assert "use the same --backbone" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_meta_baseline_cosine_pretraining_scoring_and_meta_training(tmp_path, capsys):
+    """Classifier-Baseline (a pre-training run scored by cosine) then Meta-Baseline (--init from it)."""
+    pre, meta = tmp_path / "pre", tmp_path / "meta"
+    assert main(["pretrain", *FLAGS, "--epochs", "1", "--metric", "cosine", "--out", str(pre)]) == 0
+    saved = json.loads((pre / "config.json").read_text())
+    assert saved["metric"] == saved["pretrain"]["metric"] == "cosine"
+    scored = {}
+    for metric in ("cosine", "euclidean"):  # the run's own, then overridden
+        override = [] if metric == "cosine" else ["--metric", metric]
+        capsys.readouterr()
+        assert (
+            main(["eval", str(pre), *TINY[4:], "--queries", "5", "--episodes", "2", "--json", *override]) == 0
+        )
+        scored[metric] = json.loads(capsys.readouterr().out)
+    assert scored["cosine"]["metric"] == "cosine" and scored["euclidean"]["metric"] == "euclidean"
+    flags = ["--algorithm", "protonet", "--metric", "cosine", "--backbone", "resnet12", "--steps", "1"]
+    flags += ["--meta-batch", "1", "--queries", "1", "--val-every", "1", "--val-episodes", "1"]
+    assert (
+        main(["train", "--dataset", "miniimagenet", *flags, *TINY, "--init", str(pre), "--out", str(meta)])
+        == 0
+    )
+    learner = torch.load(meta / "checkpoint.pt", weights_only=True)["learner"]
+    assert 0 < abs(learner["temperature"].item() - 10) < 0.01  # from 10, one Adam step of --meta-lr
