@@ -174,6 +174,8 @@ def train(
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
         plain_learning_rates(optimizer)
+        for group in optimizer.param_groups:  # the saved run may have trained with or without graphs
+            group["capturable"] = graphs
         generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if device.type == "cuda" and "cuda_rng" in state:

@@ -53,6 +53,19 @@ def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path):
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
+def test_a_run_saved_by_a_graphed_gpu_step_resumes_on_the_cpu(omniglot_train, tmp_path):
+    """A checkpoint written with CUDA graphs holds a capturable Adam with tensor learning rates; the
+    eager step on a CPU must get a plain one back (and a graphed step a capturable one)."""
+    run = tmp_path / "run"
+    main(["train", "--steps", "2", *TINY, "--out", str(run)])
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        group["capturable"], group["lr"] = True, torch.tensor(group["lr"])
+    torch.save(state, run / "checkpoint.pt")
+    assert main(["train", "--steps", "3", *TINY, "--out", str(run), "--resume"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
