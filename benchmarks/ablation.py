@@ -1,0 +1,140 @@
+"""What else might shorten the CUDA-graphed MAML step (what `fewsight train` runs on a GPU): its replay
+time under variants of the convolution (im2col + matmul instead of cuDNN's grouped kernels), of
+precision (TF32 off, bf16 autocast) and of memory layout (channels-last), each variant that changes the
+arithmetic checked against the float64 per-task reference; then the step's kernel profile.
+An experiment behind docs/BENCHMARKS.md, for a GPU: python benchmarks/ablation.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from fewsight import bench
+from fewsight.nets import conv4
+
+CASES = [bench.Case("omniglot", "maml", 5, 1, 32), bench.Case("miniimagenet", "maml", 5, 1, 4)]
+VARIANTS = [
+    "current",
+    "no cudnn.benchmark",
+    "no tf32 conv",
+    "matmul tf32",
+    "unfold first conv",
+    "unfold all convs",
+    "unfold all convs + matmul tf32",
+    "bf16",
+    "channels_last",
+]
+
+
+def unfold_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 'same' convolution as im2col and one matmul: under vmap, a batched matmul over tasks."""
+    columns = F.unfold(x, weight.shape[-1], padding=weight.shape[-1] // 2)  # (B, C*k*k, H*W)
+    out = weight.flatten(1) @ columns + bias[:, None]
+    return out.view(x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+
+
+def block_with_unfold(first_only: bool):
+    """ConvBlock.forward with the convolution (of the first block only, or of all) as `unfold_conv`."""
+
+    def forward(self, x, context_size=None, film=None):
+        if self.conv.in_channels <= 3 or not first_only:
+            x = unfold_conv(x, self.conv.weight, self.conv.bias)
+        else:
+            x = self.conv(x)
+        return F.relu(F.max_pool2d(self.norm(x, context_size), 2))
+
+    return forward
+
+
+@contextlib.contextmanager
+def variant(name: str) -> Iterator[None]:
+    original = conv4.ConvBlock.forward
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32
+    precision = torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cudnn.benchmark = name != "no cudnn.benchmark"
+        torch.backends.cudnn.allow_tf32 = name != "no tf32 conv"
+        if name.endswith("matmul tf32"):
+            torch.set_float32_matmul_precision("high")
+        if name.startswith("unfold"):
+            conv4.ConvBlock.forward = block_with_unfold(first_only=name == "unfold first conv")
+        yield
+    finally:
+        conv4.ConvBlock.forward = original
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = saved
+        torch.set_float32_matmul_precision(precision)
+
+
+def replay_ms(case: bench.Case, device: torch.device, bf16: bool, channels_last: bool) -> float:
+    """Median time of 30 replays of the case's recorded meta-gradient step."""
+    torch.manual_seed(0)
+    learner = bench.build_learner(case.config()).to(device)
+    learner.per_task = False
+    batch = bench.static_copy(bench.meta_batch(case, case.meta_batch, device, torch.float32))
+    if channels_last:
+        for name in ("support_x", "query_x"):
+            images = getattr(batch, name)
+            layout = images.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+            setattr(batch, name, layout.view_as(images))
+
+    def step() -> None:
+        learner.zero_grad(set_to_none=False)
+        with torch.autocast("cuda", torch.bfloat16, cache_enabled=False, enabled=bf16):
+            loss = learner.meta_loss(batch).loss
+        loss.backward()
+
+    graph, _ = bench.capture(step)
+    times = []
+    for _ in range(33):
+        start = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[3:])
+
+
+def kernel_profile(case: bench.Case, device: torch.device, top: int = 20) -> None:
+    """The kernels of one eager step (a replay runs the same ones), by GPU time, full names."""
+    torch.manual_seed(0)
+    learner = bench.build_learner(case.config()).to(device)
+    batch = bench.meta_batch(case, case.meta_batch, device, torch.float32)
+    step = bench.fewsight_implementation(per_task=False)(learner, batch)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize(device)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize(device)
+    events = [e for e in profile.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
+    total = sum(e.device_time_total for e in events)
+    kernels = sum(e.count for e in events) // 3
+    print(f"\n## {case.name}: {kernels} kernels, {total / 3000:.1f} ms of GPU time per step")
+    for e in sorted(events, key=lambda e: -e.device_time_total)[:top]:
+        share, calls, each = 100 * e.device_time_total / total, e.count // 3, e.device_time_total / e.count
+        print(f"{share:5.1f}% {calls:5d} calls {each:8.1f} us  {e.key[:160]}")
+
+
+def main() -> None:
+    device = torch.device("cuda")
+    for case in CASES:
+        for name in VARIANTS:
+            with variant(name):
+                ms = replay_ms(case, device, bf16=name == "bf16", channels_last=name == "channels_last")
+                error = None
+                if name.startswith("unfold") or name == "current":  # the arithmetic changes
+                    error = bench.gradient_error(case, bench.graphed_implementation(), device)
+            print(f"{case.name} | {name} | {ms:.1f} ms | gradient error {error}", flush=True)
+    for case in CASES:
+        kernel_profile(case, device)
+
+
+if __name__ == "__main__":
+    main()
