@@ -1,7 +1,8 @@
 """What else might shorten the CUDA-graphed MAML step (what `fewsight train` runs on a GPU): its replay
 time under variants of the convolution (im2col + matmul instead of cuDNN's grouped kernels), of
 precision (TF32 off, bf16 autocast) and of memory layout (channels-last), each variant that changes the
-arithmetic checked against the float64 per-task reference; then the step's kernel profile.
+arithmetic checked against the float64 per-task reference; then the step's kernel profile, with the
+kernels' full names.
 An experiment behind docs/BENCHMARKS.md, for a GPU: python benchmarks/ablation.py
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from run import profile  # benchmarks/run.py, beside this file
 
 from fewsight import bench
 from fewsight.nets import conv4
@@ -99,29 +101,6 @@ def replay_ms(case: bench.Case, device: torch.device, bf16: bool, channels_last:
     return 1000 * statistics.median(times[3:])
 
 
-def kernel_profile(case: bench.Case, device: torch.device, top: int = 20) -> None:
-    """The kernels of one eager step (a replay runs the same ones), by GPU time, full names."""
-    torch.manual_seed(0)
-    learner = bench.build_learner(case.config()).to(device)
-    batch = bench.meta_batch(case, case.meta_batch, device, torch.float32)
-    step = bench.fewsight_implementation(per_task=False)(learner, batch)
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize(device)
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as profile:
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize(device)
-    events = [e for e in profile.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
-    total = sum(e.device_time_total for e in events)
-    kernels = sum(e.count for e in events) // 3
-    print(f"\n## {case.name}: {kernels} kernels, {total / 3000:.1f} ms of GPU time per step")
-    for e in sorted(events, key=lambda e: -e.device_time_total)[:top]:
-        share, calls, each = 100 * e.device_time_total / total, e.count // 3, e.device_time_total / e.count
-        print(f"{share:5.1f}% {calls:5d} calls {each:8.1f} us  {e.key[:160]}")
-
-
 def main() -> None:
     device = torch.device("cuda")
     for case in CASES:
@@ -133,7 +112,7 @@ def main() -> None:
                     error = bench.gradient_error(case, bench.graphed_implementation(), device)
             print(f"{case.name} | {name} | {ms:.1f} ms | gradient error {error}", flush=True)
     for case in CASES:
-        kernel_profile(case, device)
+        print(profile(device, case, top=20, width=160))
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ def peer_implementations() -> Callable[[bench.Case], dict[str, bench.Implementat
     return lambda case: peers.implementations(case) if case.backbone == "conv4" and not case.options else {}
 
 
-def profile(device: torch.device, case: bench.Case, top: int = 12) -> str:
-    """A table of the CUDA kernels where one vmapped meta-step spends its time."""
+def profile(device: torch.device, case: bench.Case, top: int = 12, width: int = 70) -> str:
+    """A table of the CUDA kernels where one vmapped meta-step spends its time (names cut to `width`)."""
     torch.manual_seed(0)
     learner = bench.build_learner(case.config()).to(device)
     step = bench.fewsight_implementation(per_task=False)(
@@ -67,7 +67,7 @@ def profile(device: torch.device, case: bench.Case, top: int = 12) -> str:
         "|---|---|---|",
     ]
     for event in sorted(events, key=lambda e: -e.device_time_total)[:top]:
-        name = event.key if len(event.key) < 70 else event.key[:67] + "..."
+        name = event.key if len(event.key) < width else event.key[: width - 3] + "..."
         lines.append(f"| `{name}` | {100 * event.device_time_total / total:.1f}% | {event.count // 5} |")
     return "\n".join(lines) + "\n"
 

@@ -36,8 +36,9 @@ from fewsight.data import EpisodeSampler
 from fewsight.data.episodes import TaskBatch
 from fewsight.evaluate import evaluate
 from fewsight.graphs import GraphedTrainingStep
+from fewsight.runfolder import default_device
 from fewsight.runs import RunConfig, build_learner, load_split
-from fewsight.train import VALIDATION_SEED, default_device
+from fewsight.train import VALIDATION_SEED
 
 Step = Callable[[TaskBatch], None]
 

@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _device(name: str | None):
     import torch
 
-    from fewsight.train import default_device
+    from fewsight.runfolder import default_device
 
     if name is None:
         return default_device()

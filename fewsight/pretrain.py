@@ -23,15 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from fewsight import runfolder
 from fewsight.checkpoints import save_checkpoint, write_atomic
 from fewsight.data import EpisodeSampler
 from fewsight.data.augment import augment
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
-from fewsight.runs import RunConfig, assign_classes, build_learner, load_checkpoint, load_split
+from fewsight.runs import RunConfig, assign_classes, build_learner, load_split
 from fewsight.schedules import cosine_lr
 from fewsight.signals import StopRequests
-from fewsight.train import VALIDATION_SEED, _autocast, _keep_metrics_until, default_device
+from fewsight.train import VALIDATION_SEED
 
 MOMENTUM = 0.9
 DROP_RAMP = 0.5  # DropBlock's rate rises linearly to its value over this fraction of the steps
@@ -121,23 +122,18 @@ def pretrain(
     CPU). Ctrl-C or SIGTERM finishes the step and saves a checkpoint first.
     """
     out = Path(out)
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(device) if device is not None else runfolder.default_device()
     state = None
     if resume:
         epochs = config.epochs
         config = PretrainConfig.load(out)
         config.epochs = max(config.epochs, epochs)
-        state = load_checkpoint(out, device)
-        if any(key not in state for key in _RESUMABLE):
-            raise FewsightError(
-                f"{out}/checkpoint.pt was not written by fewsight pretrain; it cannot be resumed"
-            )
-    elif (out / "config.json").exists():
-        raise FewsightError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
+        why_not = "fewsight pretrain did not write it, so it cannot be resumed"
+        state = runfolder.resumable_checkpoint(out, _RESUMABLE, device, why_not)
+    else:
+        runfolder.check_new_folder(out)
     config.validate()
-    _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
+    runfolder.autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
     run = config.run_config()
     assign_classes(run)
     config.class_split = run.class_split
@@ -176,15 +172,13 @@ def pretrain(
         shuffler.set_state(state["shuffler"].cpu())
         order = state["order"].to(device)
         generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        runfolder.restore_random_states(state, device)
         loss_sum.copy_(state["interval"]["loss"])
         correct_sum.copy_(state["interval"]["accuracy"])
         interval_steps, start = state["interval"]["steps"], state["step"]
     out.mkdir(parents=True, exist_ok=True)
     config.save(out)
-    _keep_metrics_until(out / "metrics.jsonl", start)
+    runfolder.keep_metrics_until(out / "metrics.jsonl", start)
 
     def checkpoint(step: int) -> None:
         snapshot = {
@@ -194,12 +188,10 @@ def pretrain(
             "shuffler": shuffler.get_state(),
             "order": order,
             "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            **runfolder.random_states(device),
             "step": step,
             "interval": {"loss": loss_sum, "accuracy": correct_sum, "steps": interval_steps},
         }
-        if device.type == "cuda":
-            snapshot["cuda_rng"] = torch.cuda.get_rng_state(device)
         save_checkpoint(snapshot, out, step)
 
     metrics = open(out / "metrics.jsonl", "a")  # noqa: SIM115
@@ -221,7 +213,7 @@ def pretrain(
                     group["lr"] = cosine_lr(config.lr, step, total, floor_fraction=0.0)
                 if hasattr(backbone, "set_drop_rate"):
                     backbone.set_drop_rate(config.drop_rate * min(1.0, step / (DROP_RAMP * total)))
-                with _autocast(device, config.bf16):
+                with runfolder.autocast(device, config.bf16):
                     logits = head(backbone(x))
                 loss = F.cross_entropy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from fewsight.algorithms import MetaLearner
-from fewsight.checkpoints import save_checkpoint, write_atomic
+from fewsight.checkpoints import save_checkpoint
 from fewsight.data import EpisodeSampler
 from fewsight.data.augment import augment_tasks
 from fewsight.data.episodes import TaskBatch
@@ -23,15 +23,16 @@ from fewsight.distributed import all_sum, average_gradients, is_main, setup, sha
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
 from fewsight.graphs import GraphedTrainingStep, plain_learning_rates, set_learning_rate
-from fewsight.runs import (
-    MODEL_BASED,
-    RunConfig,
-    assign_classes,
-    build_learner,
-    load_checkpoint,
-    load_split,
-    mamlpp_preset,
+from fewsight.runfolder import (
+    autocast,
+    check_new_folder,
+    default_device,
+    keep_metrics_until,
+    random_states,
+    restore_random_states,
+    resumable_checkpoint,
 )
+from fewsight.runs import MODEL_BASED, RunConfig, assign_classes, build_learner, load_split, mamlpp_preset
 from fewsight.schedules import cosine_lr
 from fewsight.signals import StopRequests
 from fewsight.warmstart import load_backbone, run_backbone
@@ -40,26 +41,14 @@ VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0
 _RESUMABLE = ("learner", "optimizer", "generator", "torch_rng", "step", "interval")
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise FewsightError("this GPU has no bf16 support; drop --bf16")
-    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)  # graph-safe
-
-
 def _eager_step(
     learner: MetaLearner,
     optimizer: torch.optim.Optimizer,
     batch: TaskBatch,
-    autocast: contextlib.AbstractContextManager,
+    precision: contextlib.AbstractContextManager,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One meta-training step, gradients averaged over the processes: (loss, accuracy) on the device."""
-    with autocast:
+    with precision:
         result = learner.meta_loss(batch)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
@@ -72,12 +61,12 @@ def _graphed_step(
     learner: MetaLearner,
     optimizer: torch.optim.Optimizer,
     batch: TaskBatch,
-    autocast: Callable[[], contextlib.AbstractContextManager],
+    precision: Callable[[], contextlib.AbstractContextManager],
 ) -> GraphedTrainingStep | None:
     """The meta-training step recorded as a CUDA graph, or None, with a warning, for a step that
     cannot be recorded (an operation that waits for the host, say): training then goes on eagerly."""
     try:
-        return GraphedTrainingStep(learner, optimizer, batch, autocast)
+        return GraphedTrainingStep(learner, optimizer, batch, precision)
     except RuntimeError as error:
         if isinstance(error, torch.OutOfMemoryError):
             raise
@@ -128,24 +117,14 @@ def train(
         config.validate()
         config.steps = max(config.steps, steps)
         config.cuda_graphs = cuda_graphs  # how to run, not what to learn: the graph does the same math
-        state = load_checkpoint(out, device)
-        missing = [key for key in _RESUMABLE if key not in state]
-        if missing:
-            raise FewsightError(
-                f"{out}/checkpoint.pt has no {', '.join(missing)} (an older fewsight wrote it); "
-                "fewsight eval reads it, but it cannot be resumed"
-            )
-    elif (out / "config.json").exists():
-        raise FewsightError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    elif out.exists() and not out.is_dir():
-        raise FewsightError(f"{out} is a file; --out must name a folder")
+        why_not = "an older fewsight wrote it; fewsight eval reads it, but it cannot be resumed"
+        state = resumable_checkpoint(out, _RESUMABLE, device, why_not)
     else:
+        check_new_folder(out)
         state = None
         mamlpp_preset(config)  # config.json records the schedules, so a resumed run keeps them
     config.validate()
-    _autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
+    autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
     graphs = config.cuda_graphs and device.type == "cuda" and processes == 1
     initial = run_backbone(Path(config.init), config) if config.init and state is None else None
     writer_class = _tensorboard_writer_class() if tensorboard else None
@@ -177,16 +156,14 @@ def train(
         for group in optimizer.param_groups:  # the saved run may have trained with or without graphs
             group["capturable"] = graphs
         generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        restore_random_states(state, device)
         loss_sum.copy_(state["interval"]["loss"])
         accuracy_sum.copy_(state["interval"]["accuracy"])
         interval_steps, start = state["interval"]["steps"], state["step"]
     if main:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out)
-        _keep_metrics_until(out / "metrics.jsonl", start)
+        keep_metrics_until(out / "metrics.jsonl", start)
     last_good = start if state is not None else None
 
     def diverged(step: int) -> FewsightError:
@@ -205,12 +182,10 @@ def train(
             "learner": learner.state_dict(),
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            **random_states(device),
             "step": step,
             "interval": {"loss": loss_sum, "accuracy": accuracy_sum, "steps": interval_steps},
         }
-        if device.type == "cuda":
-            snapshot["cuda_rng"] = torch.cuda.get_rng_state(device)
         if main:
             save_checkpoint(snapshot, out, step)
         last_good = step
@@ -234,12 +209,12 @@ def train(
                 if config.cosine_lr:
                     set_learning_rate(optimizer, cosine_lr(config.meta_lr, step, config.steps))
                 if graphs and graphed is None:
-                    graphed = _graphed_step(learner, optimizer, batch, lambda: _autocast(device, config.bf16))
+                    graphed = _graphed_step(learner, optimizer, batch, lambda: autocast(device, config.bf16))
                     graphs = graphed is not None
                 if graphed is not None:
                     loss, accuracy = graphed(batch)
                 else:
-                    loss, accuracy = _eager_step(learner, optimizer, batch, _autocast(device, config.bf16))
+                    loss, accuracy = _eager_step(learner, optimizer, batch, autocast(device, config.bf16))
                 interval_steps += 1
                 loss_sum += loss
                 accuracy_sum += accuracy
@@ -293,18 +268,3 @@ def _tensorboard_writer_class() -> type:
     except ImportError as error:
         raise FewsightError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
     return SummaryWriter
-
-
-def _keep_metrics_until(path: Path, step: int) -> None:
-    """Drop the metrics rows after `step` (logged after the checkpoint a run resumes from) and any
-    line a killed process left half written."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    write_atomic("".join(kept).encode(), path)
