@@ -150,7 +150,9 @@ def implementations(case: Case) -> dict[str, Implementation]:
     found = {"fewsight vmap": fewsight_implementation(per_task=False)}
     if torch.cuda.is_available():
         found["fewsight vmap + CUDA graph"] = graphed_implementation()
-    if case.options:  # a memory lever: compared with the plain vmap rows of the same setting
+    if case.options:  # a memory lever: compared with the plain rows of the same setting
+        if dict(case.options).get("task_chunk") == 1:  # one task at a time with plain autograd,
+            found["per-task loop"] = fewsight_implementation(per_task=True)  # as learn2learn does
         return found
     if case.algorithm == "maml":
         found["fewsight vmap bf16"] = fewsight_implementation(per_task=False, bf16=True)
