@@ -124,6 +124,12 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         "(same result, more time)",
     )
     parser.add_argument(
+        "--task-loop",
+        action="store_true",
+        help="memory: adapt the tasks one after another with plain autograd instead of all at once "
+        "(same result, slower); with --task-chunk 1 only one task's graph is alive, as in learn2learn",
+    )
+    parser.add_argument(
         "--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard"
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")

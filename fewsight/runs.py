@@ -78,6 +78,7 @@ class RunConfig:
     cosine_lr: bool = False
     task_chunk: int = 0  # 0: all tasks of a meta-batch at once
     checkpoint_inner: bool = False
+    task_loop: bool = False  # adapt the tasks one after another with plain autograd, not vmap
     backbone: str = "conv4"
     width: float = 1.0
     drop_rate: float = 0.0
@@ -148,10 +149,11 @@ class RunConfig:
             raise FewsightError(
                 "the MAML++ switches apply to --algorithm maml, fomaml or mamlpp only; drop them"
             )
-        memory = self.task_chunk or self.checkpoint_inner
+        memory = self.task_chunk or self.checkpoint_inner or self.task_loop
         if memory and self.algorithm not in ("maml", "fomaml", "mamlpp", "metasgd", "anil"):
             raise FewsightError(
-                "--task-chunk and --checkpoint-inner apply to maml, fomaml, mamlpp, metasgd and anil only"
+                "--task-chunk, --checkpoint-inner and --task-loop apply to maml, fomaml, mamlpp, metasgd "
+                "and anil only"
             )
         check_seed(self.seed)
         check_backbone(self.backbone, self.width, self.drop_rate)
@@ -278,6 +280,8 @@ def build_learner(config: RunConfig) -> MetaLearner:
     )
     if config.task_chunk or config.checkpoint_inner:
         options.update(task_chunk=config.task_chunk, checkpoint_inner=config.checkpoint_inner)
+    if config.task_loop:
+        options.update(per_task=True)
     if config.algorithm == "metasgd":
         return MetaSGD(backbone, **options)
     if config.algorithm == "anil":

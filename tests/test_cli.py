@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fewsight.cli import main
+from fewsight.runs import RunConfig, build_learner
 
 TINY = [
     "--meta-batch",
@@ -53,6 +54,13 @@ def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path):
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
+def test_task_loop_trains_task_by_task(omniglot_train, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--task-loop", "--task-chunk", "1", *TINY, "--out", str(run)]) == 0
+    config = RunConfig.load(run)
+    assert config.task_loop and build_learner(config).per_task is True
+
+
 def test_a_run_saved_by_a_graphed_gpu_step_resumes_on_the_cpu(omniglot_train, tmp_path):
     """A checkpoint written with CUDA graphs holds a capturable Adam with tensor learning rates; the
     eager step on a CPU must get a plain one back (and a graphed step a capturable one)."""
@@ -72,6 +80,7 @@ def test_a_run_saved_by_a_graphed_gpu_step_resumes_on_the_cpu(omniglot_train, tm
         (["train", "--ways", "5000", "--out", "{tmp}/r"], "need 5000 classes"),
         (["train", "--shots", "15", "--queries", "15", "--out", "{tmp}/r"], "at least 30 images"),
         (["train", "--meta-batch", "0", "--out", "{tmp}/r"], "--meta-batch must be at least 1"),
+        (["train", "--algorithm", "protonet", "--task-loop", "--out", "{tmp}/r"], "apply to maml"),
         (["eval", "{tmp}/missing"], "no run folder"),
         (["eval", "{tmp}"], "neither a run folder"),
     ],

@@ -95,10 +95,13 @@ def test_recomputed_inner_loop_gives_the_same_meta_gradient(batch64, per_task, o
     assert relative(recomputed, plain) < 1e-12
 
 
-@pytest.mark.parametrize(("chunk", "checkpoint_inner"), [(1, False), (2, True)])
-def test_chunked_tasks_give_the_same_loss_and_meta_gradient(batch64, chunk, checkpoint_inner):
+@pytest.mark.parametrize(
+    ("chunk", "checkpoint_inner", "per_task"), [(1, False, False), (2, True, False), (1, False, True)]
+)
+def test_chunked_tasks_give_the_same_loss_and_meta_gradient(batch64, chunk, checkpoint_inner, per_task):
+    """Also with plain autograd task by task (`--task-loop --task-chunk 1`, learn2learn's memory)."""
     whole = learner(**ALL)
-    chunked = learner(task_chunk=chunk, checkpoint_inner=checkpoint_inner, **ALL)
+    chunked = learner(task_chunk=chunk, checkpoint_inner=checkpoint_inner, per_task=per_task, **ALL)
     torch.testing.assert_close(chunked.meta_loss(batch64).loss, whole.meta_loss(batch64).loss)
     assert relative(meta_gradient(chunked, batch64), meta_gradient(whole, batch64)) < 1e-12
 
@@ -194,7 +197,10 @@ def test_mamlpp_lowers_the_loss(omniglot_train):
     ("argv", "message"),
     [
         (["--algorithm", "protonet", "--per-step-bn"], "MAML++ switches apply"),
-        (["--algorithm", "reptile", "--task-chunk", "2"], "--task-chunk and --checkpoint-inner apply"),
+        (
+            ["--algorithm", "reptile", "--task-chunk", "2"],
+            "--task-chunk, --checkpoint-inner and --task-loop apply",
+        ),
         (["--task-chunk", "-1"], "--task-chunk must be 0"),
     ],
 )
