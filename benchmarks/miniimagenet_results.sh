@@ -23,12 +23,17 @@ case $name in
   mamlpp-1shot) flags=(train --algorithm mamlpp "${maml[@]}" --shots 1) ;;
   mamlpp-5shot) flags=(train --algorithm mamlpp "${maml[@]}" --shots 5) ;;
   # ResNet-12 pre-trained on the 64 training classes (the recipe behind RFS and Meta-Baseline),
-  # scored as a nearest-centroid classifier; $PRETRAIN_EPOCHS epochs.
+  # scored as a cosine nearest-centroid classifier (Classifier-Baseline); $PRETRAIN_EPOCHS epochs.
   resnet12-pretrain) flags=(pretrain --dataset miniimagenet --backbone resnet12 --epochs "${PRETRAIN_EPOCHS:-30}"
-                            --batch-size 128 --augment --bf16 --quiet) ;;
+                            --batch-size 128 --augment --bf16 --metric cosine --quiet) ;;
+  # Meta-Baseline's second stage: the pre-trained backbone meta-trained as a cosine ProtoNet on 5-way
+  # 1-shot tasks, 4 a meta-batch, for $META_STEPS steps (Adam, cosine-annealed from 1e-4).
+  metabaseline) flags=(train --algorithm protonet --metric cosine --backbone resnet12 --init "$runs/resnet12-pretrain"
+                       --ways 5 --shots 1 --meta-batch 4 --meta-lr 1e-4 --cosine-lr --bf16) ;;
   *) echo "unknown recipe $name" >&2; exit 2 ;;
 esac
 [ "${flags[0]}" = train ] && flags+=("${common[@]}")
+[ "$name" = metabaseline ] && flags+=(--steps "${META_STEPS:-2000}" --val-every 500)
 resume=(); [ -f "$runs/$name/checkpoint.pt" ] && resume=(--resume)
 mkdir -p "$runs"
 start=$SECONDS
@@ -41,7 +46,7 @@ evaluate() {  # shots
   echo "evaluated ${1}-shot in $((SECONDS - start)) s" >>"$runs/$name.log"
 }
 case $name in
-  protonet-*|resnet12-*) evaluate 1; evaluate 5 ;;
+  protonet-*|resnet12-*|metabaseline) evaluate 1; evaluate 5 ;;
   *-1shot) evaluate 1 ;;
   *-5shot) evaluate 5 ;;
 esac

@@ -2,7 +2,7 @@
 # The Omniglot runs behind docs/RESULTS.md, side by side on one GPU, each stopped (with a
 # checkpoint) after $SECONDS_PER_CALL seconds so that they resume across calls of a time-limited
 # machine, then evaluated on 1,000 test episodes.
-# Usage: benchmarks/omniglot_results.sh {maml-family|model-based|five-shot|reptile|rest} RUNS_DIR [--resume]
+# Usage: benchmarks/omniglot_results.sh {maml-family|model-based|five-shot|reptile|rest-light|rest-heavy|mamlpp} RUNS_DIR [--resume]
 set -u
 family=${1:?family}; runs=${2:?RUNS_DIR}; resume=${3:-}
 limit=${SECONDS_PER_CALL:-480}
@@ -48,21 +48,35 @@ case $family in
       launch "$algorithm-20w5s" --algorithm "$algorithm" --ways 20 --shots 5 --meta-batch 16
     done
     ;;
-  rest)
-    # The remaining cells: first-order MAML, Meta-SGD and ANIL beyond 5-way 1-shot (MAML's settings),
+  rest-light)
+    # The remaining cells that fit many to a card: Meta-SGD and ANIL at 5-way 5-shot (MAML's settings),
     # weight prediction and LEO at 5 shots.
-    for algorithm in fomaml metasgd anil; do
+    for algorithm in metasgd anil; do
       launch "$algorithm-5w5s" --algorithm "$algorithm" --ways 5 --shots 5 --meta-batch 32 --inner-lr 0.4 \
         --inner-steps 1 --eval-inner-steps 3
+    done
+    launch weightpred-5w5s --algorithm weightpred --ways 5 --shots 5 --meta-batch 32
+    launch weightpred-20w5s --algorithm weightpred --ways 20 --shots 5 --meta-batch 16
+    launch leo-5w5s --algorithm leo --ways 5 --shots 5 --meta-batch 32 --inner-steps 5 --inner-lr 1.0
+    ;;
+  rest-heavy)
+    # First-order MAML, Meta-SGD and ANIL at 20 ways (MAML's settings: 5 inner steps of 0.1); about
+    # 10 GB of GPU memory each.
+    for algorithm in fomaml metasgd anil; do
       launch "$algorithm-20w1s" --algorithm "$algorithm" "${twenty[@]}" --inner-lr 0.1 --inner-steps 5 \
         --eval-inner-steps 5
       launch "$algorithm-20w5s" --algorithm "$algorithm" --ways 20 --shots 5 --meta-batch 16 --inner-lr 0.1 \
         --inner-steps 5 --eval-inner-steps 5
     done
-    launch weightpred-5w5s --algorithm weightpred --ways 5 --shots 5 --meta-batch 32
-    launch weightpred-20w5s --algorithm weightpred --ways 20 --shots 5 --meta-batch 16
-    launch leo-5w5s --algorithm leo --ways 5 --shots 5 --meta-batch 32 --inner-steps 5 --inner-lr 1.0
-    launch leo-20w5s --algorithm leo --ways 20 --shots 5 --meta-batch 16 --inner-steps 5 --inner-lr 1.0
+    ;;
+  mamlpp)
+    # MAML++ (Antoniou et al. 2019), all its switches (fewsight's mamlpp preset, schedules over a
+    # 20,000-step run), 5 inner steps of 0.1; the MAML paper's meta-batches.
+    mamlpp=(--algorithm mamlpp --inner-lr 0.1 --inner-steps 5 --eval-inner-steps 5 --steps 20000)
+    launch mamlpp-5w1s "${mamlpp[@]}" "${five[@]}"
+    launch mamlpp-5w5s "${mamlpp[@]}" --ways 5 --shots 5 --meta-batch 32
+    launch mamlpp-20w1s "${mamlpp[@]}" "${twenty[@]}"
+    launch mamlpp-20w5s "${mamlpp[@]}" --ways 20 --shots 5 --meta-batch 16
     ;;
   reptile)
     # Reptile (Nichol et al. 2018) with fewsight's update: 5 plain SGD steps on each task's support and

@@ -90,7 +90,12 @@ class EpisodeSampler:
         position = torch.arange(width)
         table = starts[eligible, None] + position  # (classes, width) index into images by class
         self.counts = counts[eligible]
-        self.table = order[table.clamp(max=len(order) - 1)]
+        self.same_counts = bool((self.counts == self.counts[0]).all())
+        self.table = order[table.clamp(max=len(order) - 1)].to(self.device)
+        self.counts = self.counts.to(self.device)
+        labels = torch.arange(ways, device=self.device)
+        self.support_labels = labels.repeat_interleave(shots)
+        self.query_labels = labels.repeat_interleave(queries)
 
     @property
     def num_classes(self) -> int:
@@ -100,29 +105,39 @@ class EpisodeSampler:
     def _draw_indices(self, tasks: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Classes (T, N) and image indices (T, N, K+Q), drawn without replacement."""
         device = generator.device
-        table, counts = self.table.to(device), self.counts.to(device)
+        table, counts = self._on(device)
         # The k smallest of uniform scores are a uniform k-subset in random order; topk finds them
         # with fewer kernels than a full argsort.
         classes = torch.rand(tasks, len(counts), generator=generator, device=device)
         classes = classes.topk(self.ways, dim=1, largest=False).indices
         scores = torch.rand(tasks, self.ways, table.shape[1], generator=generator, device=device)
-        scores = scores.masked_fill(torch.arange(table.shape[1], device=device) >= counts[classes, None], 2.0)
+        if not self.same_counts:  # positions past a class's last image must lose
+            positions = torch.arange(table.shape[1], device=device)
+            scores = scores.masked_fill(positions >= counts[classes, None], 2.0)
         positions = scores.topk(self.shots + self.queries, dim=2, largest=False).indices
         return classes, table[classes[..., None], positions]
 
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class table and counts where the draw happens: kept on the sampler's device, copied only
+        for another generator's (fixed episodes are drawn on the CPU, the same on every device)."""
+        if self.table.device != device:
+            return self.table.to(device), self.counts.to(device)
+        return self.table, self.counts
+
     def _gather(self, classes: torch.Tensor, indices: torch.Tensor) -> TaskBatch:
         tasks = indices.shape[0]
-        images = self.images[indices.to(self.device)].to(self.dtype)
-        if self.images.dtype == torch.uint8:
-            images = images / 255.0
-        labels = torch.arange(self.ways, device=self.device)
+        images = self.images[indices.to(self.device)]
+        if self.images.dtype == torch.uint8:  # one kernel: the division promotes to float32
+            images = images / 255.0 if self.dtype == torch.float32 else images.to(self.dtype) / 255.0
+        else:
+            images = images.to(self.dtype)
         support = images[:, :, : self.shots].flatten(1, 2)
         query = images[:, :, self.shots :].flatten(1, 2)
         return TaskBatch(
             support,
-            labels.repeat_interleave(self.shots).expand(tasks, -1),
+            self.support_labels.expand(tasks, -1),
             query,
-            labels.repeat_interleave(self.queries).expand(tasks, -1),
+            self.query_labels.expand(tasks, -1),
             classes.to(self.device),
         )
 

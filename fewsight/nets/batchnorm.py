@@ -1,11 +1,15 @@
-"""Batch norm written from mean and variance, with statistics from the task's own batch.
+"""Batch norm with statistics from the task's own batch: written out from mean and variance under
+torch.func, torch's fused kernel elsewhere.
 
-Why not ``F.batch_norm``: under ``vmap(grad(...))`` its fused kernel gave second-order
-meta-gradients 7e-2 (relative, float64) off the per-task reference on torch 2.11 / H100, while this
-form agrees to 1e-14. It keeps no running statistics: every call normalises with the statistics
-of the batch it is given (transductive, as in the MAML paper), or, with ``context_size``, with those
-of the first ``context_size`` samples only (non-transductive: queries are normalised with the
-support set's statistics, so each query is classified independently of the others).
+Why not always ``F.batch_norm``: under ``vmap(grad(...))`` its fused kernel gave second-order
+meta-gradients 7e-2 (relative, float64) off the per-task reference on torch 2.11 / H100, while the
+written-out form agrees to 1e-14. Under plain autograd (the per-task loop, pre-training, prediction;
+not the ONNX tracer) the fused kernel is used: it keeps fewer tensors for the backward pass, and a
+per-task MAML step holds 40% less memory on the CPU. No running statistics are kept: every call
+normalises with the statistics of the batch it is given (transductive, as in the MAML paper), or,
+with ``context_size``, with those of the first ``context_size`` samples only (non-transductive:
+queries are normalised with the support set's statistics, so each query is classified independently
+of the others).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import copy
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -27,6 +32,8 @@ class TaskBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor, context_size: int | None = None) -> torch.Tensor:
+        if context_size is None and _plain_autograd():
+            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         context = x if context_size is None else x[:context_size]
         dims = [0, *range(2, x.ndim)]
         # One pass for both statistics and one fused multiply-add: fewer kernels in the inner loop,
@@ -35,6 +42,12 @@ class TaskBatchNorm(nn.Module):
         shape = (1, -1) + (1,) * (x.ndim - 2)
         scale = self.weight.view(shape) * torch.rsqrt(variance + self.eps)
         return torch.addcmul(self.bias.view(shape), x - mean, scale)
+
+
+def _plain_autograd() -> bool:
+    """True outside torch.func transforms and the ONNX tracer (which cannot export batch norm
+    without running statistics): where the fused kernel is safe to use."""
+    return not (torch._C._are_functorch_transforms_active() or torch.jit.is_tracing())
 
 
 def with_context(
