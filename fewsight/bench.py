@@ -9,6 +9,7 @@ runs anywhere without the data sets. One meta-step is the forward and backward p
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -220,6 +221,15 @@ def time_meta_steps(
     return first, times
 
 
+def _allocated(device: torch.device) -> int:
+    """Bytes still allocated on a GPU once garbage (earlier rows' graphs and pools) is collected."""
+    if device.type != "cuda":
+        return 0
+    gc.collect()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(device)
+
+
 def measure(
     case: Case,
     name: str,
@@ -229,16 +239,17 @@ def measure(
     max_seconds: float = 8.0,
     check: bool = True,
 ) -> Row:
-    """Check one implementation's meta-gradient, then time it on a full meta-batch."""
+    """Check one implementation's meta-gradient, then time it on a full meta-batch. Its peak memory
+    counts what it allocates (weights, meta-batch, step) over what earlier rows left allocated."""
     error = gradient_error(case, implementation, device) if check else None
+    before = _allocated(device)
     torch.manual_seed(0)
     learner = build_learner(case.config()).to(device)
     batch = meta_batch(case, case.meta_batch, device, torch.float32)
     if device.type == "cuda":
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     first, times = time_meta_steps(implementation(learner, batch), device, repeats, max_seconds)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" else None
     median = statistics.median(times)
     return Row(case.name, case.algorithm, name, 1000 * median, case.meta_batch / median, peak, first, error)
 
