@@ -7,13 +7,18 @@ import json
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fewsight.errors import FewsightError
 from fewsight.runs import ALGORITHMS, BACKBONES, METRICS, RunConfig
 
+if TYPE_CHECKING:
+    from fewsight.algorithms import MetaLearner
+
 _DEFAULTS = RunConfig()
 _RESOLVED_LATER = ("image_size", "inner_steps", "eval_inner_steps")  # their defaults depend on other flags
 MAMLPP_INNER_STEPS = 5  # as in the MAML++ paper, at training and test time
+POPULATION_IMAGES = 10_000  # training images behind eval --norm population
 _HELP = {
     "dataset": "omniglot, miniimagenet, or the path of your own folder of class subfolders or CSV "
     "of file,label rows (its classes are split 60/20/20 into train/val/test, saved in config.json)",
@@ -207,6 +212,15 @@ def _eval_parser(commands: argparse._SubParsersAction) -> None:
         choices=METRICS,
         help="protonet and pretrain runs: score with this metric instead of the run's (e.g. one pre-trained "
         "backbone both ways)",
+    )
+    parser.add_argument(
+        "--norm",
+        choices=("task", "population"),
+        default="task",
+        help="batch-norm statistics: the run's own (task: each task's, or its support set's when "
+        "non-transductive) or population: fixed mean and variance of up to "
+        f"{POPULATION_IMAGES:,} training images, each query normalised on its own (as RFS and "
+        "Meta-Baseline score pre-trained backbones); model-based and pretrain runs (default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     _common(parser)
@@ -407,6 +421,25 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     print(f"pre-trained: {out} (fewsight eval {out}; fewsight train --init {out} ...)")
 
 
+def _set_population_statistics(learner: MetaLearner, config: RunConfig, data_root: str | None) -> None:
+    """Fix the learner's batch-norm statistics to those of up to POPULATION_IMAGES training images
+    (a fixed random choice)."""
+    import torch
+
+    from fewsight.algorithms.predictor import ParameterPredictor
+    from fewsight.nets.population import estimate_population_statistics
+    from fewsight.runs import load_split
+
+    if not isinstance(learner, ParameterPredictor):
+        raise FewsightError(
+            f"--norm population applies to the model-based family and pretrain runs, not "
+            f"{config.algorithm}, whose adapted weights are tied to each task's statistics; drop it"
+        )
+    images = load_split(config, "train", data_root).images
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:POPULATION_IMAGES]
+    estimate_population_statistics(learner.encoder, images[chosen])
+
+
 def _run_eval(args: argparse.Namespace) -> None:
     import torch
 
@@ -432,6 +465,8 @@ def _run_eval(args: argparse.Namespace) -> None:
                 f"--metric applies to protonet and pretrain runs, not {config.algorithm}; drop it"
             )
         learner = learner.with_metric(args.metric)
+    if args.norm == "population":
+        _set_population_statistics(learner, config, args.data_root)
     ways = args.ways or config.ways
     if max_ways(config) not in (None, ways):
         raise FewsightError(f"this {config.algorithm} model takes exactly {config.ways} ways; drop --ways")
@@ -450,9 +485,11 @@ def _run_eval(args: argparse.Namespace) -> None:
         details = {"split": args.split, "seed": args.seed, "ways": ways, "shots": shots}
         if isinstance(learner, ProtoNet):
             details["metric"] = learner.metric
+        details["norm"] = args.norm
         print(json.dumps({**asdict(accuracy), **details, "algorithm": config.algorithm}))
     else:
         scored = f" ({learner.metric})" if isinstance(learner, ProtoNet) else ""
+        scored += ", population batch-norm statistics" if args.norm == "population" else ""
         print(f"{config.algorithm}{scored} {ways}-way {shots}-shot, {args.split}: {accuracy}")
 
 

@@ -9,7 +9,8 @@ per-task MAML step holds 40% less memory on the CPU. No running statistics are k
 normalises with the statistics of the batch it is given (transductive, as in the MAML paper), or,
 with ``context_size``, with those of the first ``context_size`` samples only (non-transductive:
 queries are normalised with the support set's statistics, so each query is classified independently
-of the others).
+of the others). `fewsight.nets.population` can instead fix statistics estimated over many images,
+as torch's running statistics are (each sample then normalised on its own).
 """
 
 from __future__ import annotations
@@ -30,8 +31,15 @@ class TaskBatchNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        # Fixed statistics, set only by fewsight.nets.population for evaluation (None: not kept).
+        self.register_buffer("population_mean", None)
+        self.register_buffer("population_var", None)
 
     def forward(self, x: torch.Tensor, context_size: int | None = None) -> torch.Tensor:
+        if self.population_mean is not None:  # each sample normalised on its own, as eval-mode torch
+            return F.batch_norm(
+                x, self.population_mean, self.population_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         if context_size is None and _plain_autograd():
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         context = x if context_size is None else x[:context_size]
