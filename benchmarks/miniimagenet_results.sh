@@ -22,6 +22,12 @@ case $name in
   maml-5shot) flags=(train --algorithm maml "${maml[@]}" --shots 5) ;;
   mamlpp-1shot) flags=(train --algorithm mamlpp "${maml[@]}" --shots 1) ;;
   mamlpp-5shot) flags=(train --algorithm mamlpp "${maml[@]}" --shots 5) ;;
+  # Reptile (Nichol et al. 2018: 8 inner steps, 50 at test, 5 tasks a meta-batch) with fewsight's
+  # update: plain SGD steps of 0.01 on support and query images, Adam on theta - mean(phi). Not tuned.
+  reptile-1shot) flags=(train --algorithm reptile --ways 5 --shots 1 --inner-lr 0.01 --inner-steps 8
+                        --eval-inner-steps 50 --meta-batch 5) ;;
+  reptile-5shot) flags=(train --algorithm reptile --ways 5 --shots 5 --inner-lr 0.01 --inner-steps 8
+                        --eval-inner-steps 50 --meta-batch 5) ;;
   # ResNet-12 pre-trained on the 64 training classes (the recipe behind RFS and Meta-Baseline),
   # scored as a cosine nearest-centroid classifier (Classifier-Baseline); $PRETRAIN_EPOCHS epochs.
   resnet12-pretrain) flags=(pretrain --dataset miniimagenet --backbone resnet12 --epochs "${PRETRAIN_EPOCHS:-30}"

@@ -126,7 +126,8 @@ def pretrain(
     state = None
     if resume:
         epochs = config.epochs
-        config = PretrainConfig.load(out)
+        given, config = config, PretrainConfig.load(out)
+        runfolder.check_resume_settings(given, config, ("epochs",))
         config.epochs = max(config.epochs, epochs)
         why_not = "fewsight pretrain did not write it, so it cannot be resumed"
         state = runfolder.resumable_checkpoint(out, _RESUMABLE, device, why_not)

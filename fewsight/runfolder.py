@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -36,6 +37,29 @@ def check_new_folder(out: Path) -> None:
         )
     if out.exists() and not out.is_dir():
         raise FewsightError(f"{out} is a file; --out must name a folder")
+
+
+def check_resume_settings(given: object, saved: object, may_change: tuple[str, ...]) -> None:
+    """Refuse to resume with a setting the run did not have: a resumed run keeps its own settings, so
+    a changed flag would otherwise be ignored without a word. A setting left at its default is not a
+    change (a short `--resume` command names none); the `may_change` ones may differ."""
+    defaults = type(given)()
+    changed = [
+        field.name
+        for field in fields(given)
+        if field.name not in may_change
+        and getattr(given, field.name) != getattr(defaults, field.name)
+        and getattr(given, field.name) != getattr(saved, field.name)
+    ]
+    if changed:
+        differences = ", ".join(
+            f"--{name.replace('_', '-')} {getattr(given, name)} (the run's: {getattr(saved, name)})"
+            for name in changed
+        )
+        raise FewsightError(
+            f"--resume continues a run with its own settings, but this command changes {differences}; "
+            f"drop those flags, or start a new run with another --out ({', '.join(may_change)} may change)"
+        )
 
 
 def resumable_checkpoint(out: Path, keys: tuple[str, ...], device: torch.device, why_not: str) -> dict:

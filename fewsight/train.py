@@ -26,6 +26,7 @@ from fewsight.graphs import GraphedTrainingStep, plain_learning_rates, set_learn
 from fewsight.runfolder import (
     autocast,
     check_new_folder,
+    check_resume_settings,
     default_device,
     keep_metrics_until,
     random_states,
@@ -113,7 +114,8 @@ def train(
     main = is_main()  # under torchrun, only rank 0 writes logs, progress and checkpoints
     if resume:
         steps, cuda_graphs = config.steps, config.cuda_graphs
-        config = RunConfig.load(out)
+        given, config = config, RunConfig.load(out)
+        check_resume_settings(given, config, ("steps", "cuda_graphs"))
         config.validate()
         config.steps = max(config.steps, steps)
         config.cuda_graphs = cuda_graphs  # how to run, not what to learn: the graph does the same math

@@ -44,6 +44,21 @@ def test_train_resume_and_eval(omniglot_train, tmp_path, capsys):
     assert result["episodes"] == 6 and 0 <= result["mean"] <= 1 and result["ci95"] >= 0
 
 
+def test_resume_refuses_a_changed_setting_and_takes_a_short_command(omniglot_train, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "1", *TINY, "--inner-lr", "0.2", "--out", str(run)]) == 0
+    capsys.readouterr()
+    changed = ["train", "--steps", "2", *TINY, "--inner-lr", "0.3", "--out", str(run), "--resume"]
+    assert main(changed) == 2
+    error = capsys.readouterr().err
+    assert "--inner-lr 0.3 (the run's: 0.2)" in error and error.count("\n") == 1
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 1  # nothing was trained
+    short = ["train", "--steps", "2", "--quiet", "--device", "cpu", "--out", str(run), "--resume"]
+    assert main(short) == 0  # flags left at their defaults keep the run's settings
+    assert RunConfig.load(run).inner_lr == 0.2
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2
+
+
 def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     main(["train", "--steps", "4", *TINY, "--out", str(whole)])
