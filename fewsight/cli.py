@@ -421,7 +421,9 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     print(f"pre-trained: {out} (fewsight eval {out}; fewsight train --init {out} ...)")
 
 
-def _set_population_statistics(learner: MetaLearner, config: RunConfig, data_root: str | None) -> None:
+def _set_population_statistics(
+    learner: MetaLearner, config: RunConfig, data_root: str | None, progress: bool
+) -> None:
     """Fix the learner's batch-norm statistics to those of up to POPULATION_IMAGES training images
     (a fixed random choice)."""
     import torch
@@ -435,7 +437,7 @@ def _set_population_statistics(learner: MetaLearner, config: RunConfig, data_roo
             f"--norm population applies to the model-based family and pretrain runs, not "
             f"{config.algorithm}, whose adapted weights are tied to each task's statistics; drop it"
         )
-    images = load_split(config, "train", data_root).images
+    images = load_split(config, "train", data_root, progress).images
     chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:POPULATION_IMAGES]
     estimate_population_statistics(learner.encoder, images[chosen])
 
@@ -466,12 +468,12 @@ def _run_eval(args: argparse.Namespace) -> None:
             )
         learner = learner.with_metric(args.metric)
     if args.norm == "population":
-        _set_population_statistics(learner, config, args.data_root)
+        _set_population_statistics(learner, config, args.data_root, not args.quiet)
     ways = args.ways or config.ways
     if max_ways(config) not in (None, ways):
         raise FewsightError(f"this {config.algorithm} model takes exactly {config.ways} ways; drop --ways")
     shots, queries = args.shots or config.shots, args.queries or config.queries
-    data = load_split(config, args.split, args.data_root)
+    data = load_split(config, args.split, args.data_root, not args.quiet)
     sampler = EpisodeSampler(data, ways, shots, queries, device)
     try:
         accuracy = evaluate(learner, sampler, args.episodes, args.batch, args.seed, not args.quiet)
@@ -564,7 +566,7 @@ def _run_plot(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     config, learner = load_model(run, _device(args.device))
     sampler = EpisodeSampler(
-        load_split(config, args.split, args.data_root),
+        load_split(config, args.split, args.data_root, not args.quiet),
         config.ways,
         config.shots,
         config.queries,

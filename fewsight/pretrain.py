@@ -138,7 +138,7 @@ def pretrain(
     run = config.run_config()
     assign_classes(run)
     config.class_split = run.class_split
-    data = load_split(run, "trainval" if config.trainval else "train", data_root)
+    data = load_split(run, "trainval" if config.trainval else "train", data_root, progress)
     if config.batch_size > len(data.labels):
         raise FewsightError(
             f"--batch-size {config.batch_size} exceeds the {len(data.labels)} training images"
@@ -146,7 +146,7 @@ def pretrain(
     images, labels = data.images.to(device), data.labels.to(device)
     validation = None
     if not config.trainval:
-        held_out = load_split(run, "val", data_root)
+        held_out = load_split(run, "val", data_root, progress)
         queries = min(VALIDATION_QUERIES, int(held_out.images_per_class().max()) - 1)  # small data sets
         validation = EpisodeSampler(held_out, VALIDATION_WAYS, 1, queries, device)
 

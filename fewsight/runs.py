@@ -216,16 +216,20 @@ def assign_classes(config: RunConfig) -> None:
         config.class_split = split_classes(names, config.seed)
 
 
-def load_split(config: RunConfig, split: str, data_root: str | os.PathLike | None = None) -> LabelledImages:
-    """The labelled images of one split of the run's data set ("trainval": train and val classes)."""
+def load_split(
+    config: RunConfig, split: str, data_root: str | os.PathLike | None = None, progress: bool = True
+) -> LabelledImages:
+    """The labelled images of one split of the run's data set ("trainval": train and val classes);
+    decoded with a progress bar the first time, unless `progress` is False."""
     if config.dataset == "omniglot":
-        return load_omniglot(split, config.protocol, config.image_size, data_root)
+        return load_omniglot(split, config.protocol, config.image_size, data_root, progress)
     if split == "trainval":
-        return load_split(config, "train", data_root).concat(load_split(config, "val", data_root))
+        parts = [load_split(config, part, data_root, progress) for part in ("train", "val")]
+        return parts[0].concat(parts[1])
     if config.dataset == "miniimagenet":
-        return load_miniimagenet(split, config.image_size, data_root)
+        return load_miniimagenet(split, config.image_size, data_root, progress)
     assign_classes(config)
-    return load_image_files(Path(config.dataset), config.class_split[split], config.image_size)
+    return load_image_files(Path(config.dataset), config.class_split[split], config.image_size, 3, progress)
 
 
 def mamlpp_preset(config: RunConfig) -> None:

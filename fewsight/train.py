@@ -81,12 +81,12 @@ def _graphed_step(
 
 
 def _validation_sampler(
-    config: RunConfig, data_root: str | os.PathLike | None, device: torch.device
+    config: RunConfig, data_root: str | os.PathLike | None, device: torch.device, progress: bool
 ) -> EpisodeSampler:
     """Validation episodes in the training shape; the model-based family, which takes any number of
     classes, validates at fewer ways when the split has fewer classes (ProtoNet trains 20-way on
     miniImageNet, whose validation split has 16)."""
-    data = load_split(config, "val", data_root)
+    data = load_split(config, "val", data_root, progress)
     ways = config.ways if config.algorithm not in MODEL_BASED else min(config.ways, data.num_classes)
     return EpisodeSampler(data, ways, config.shots, config.queries, device)
 
@@ -133,10 +133,10 @@ def train(
     part = share(config.meta_batch)
     assign_classes(config)
     train_split = "trainval" if config.trainval else "train"
-    sampler = EpisodeSampler(
-        load_split(config, train_split, data_root), config.ways, config.shots, config.queries, device
-    )
-    validation = None if config.trainval else _validation_sampler(config, data_root, device)
+    bars = progress and main
+    training_images = load_split(config, train_split, data_root, bars)
+    sampler = EpisodeSampler(training_images, config.ways, config.shots, config.queries, device)
+    validation = None if config.trainval else _validation_sampler(config, data_root, device, bars)
 
     if config.base_mix > 0:
         config.base_classes = sampler.num_classes  # one stored weight vector per training class

@@ -110,7 +110,7 @@ def test_corrupt_image_is_reported_by_name(root, content, message):
 
 
 def test_damaged_cache_is_decoded_again(root, monkeypatch):
-    def small_archive(path, image_size):
+    def small_archive(path, image_size, progress=True):
         return [f"{path.stem}/character01"], np.zeros((1, 20, image_size, image_size), np.uint8)
 
     monkeypatch.setattr("fewsight.data.omniglot._decode_archive", small_archive)

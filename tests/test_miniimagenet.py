@@ -71,3 +71,14 @@ def test_a_few_training_steps_from_the_cli(tmp_path):
     assert main(args) == 0
     assert "val_accuracy" in (run / "metrics.jsonl").read_text().splitlines()[-1]
     assert main(["eval", str(run), "--data-root", str(SAMPLE), "--episodes", "2", "--quiet"]) == 0
+
+
+def test_quiet_hides_the_decoding_progress_bar_too(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FEWSIGHT_CACHE", str(tmp_path / "cache"))  # decoded afresh
+    flags = ["--ways", "5", "--shots", "1", "--queries", "4", "--episodes", "2", "--device", "cpu"]
+    command = ["eval", "miniimagenet", "--data-root", str(SAMPLE), *flags]
+    assert main([*command, "--quiet"]) == 0
+    assert "decoding" not in capsys.readouterr().err
+    monkeypatch.setenv("FEWSIGHT_CACHE", str(tmp_path / "another"))
+    assert main(command) == 0
+    assert "decoding miniImageNet test" in capsys.readouterr().err

@@ -36,10 +36,13 @@ def decode_image(
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
-def decode_images(paths: list[Path], image_size: int, channels: int, description: str) -> torch.Tensor:
-    """All images as uint8 (M, channels, size, size), with a progress bar."""
+def decode_images(
+    paths: list[Path], image_size: int, channels: int, description: str, progress: bool = True
+) -> torch.Tensor:
+    """All images as uint8 (M, channels, size, size), with a progress bar unless `progress` is False."""
     images = np.empty((len(paths), channels, image_size, image_size), dtype=np.uint8)
-    for index, path in enumerate(tqdm(paths, desc=description, unit="img", leave=False)):
+    bar = tqdm(paths, desc=description, unit="img", leave=False, disable=not progress)
+    for index, path in enumerate(bar):
         images[index] = decode_image(path, image_size, channels)
     return torch.from_numpy(images)
 

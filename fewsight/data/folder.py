@@ -51,7 +51,9 @@ def split_classes(
     return {"train": ordered[:train_end], "val": ordered[train_end:val_end], "test": ordered[val_end:]}
 
 
-def load_image_files(source: Path, classes: list[str], image_size: int, channels: int = 3) -> LabelledImages:
+def load_image_files(
+    source: Path, classes: list[str], image_size: int, channels: int = 3, progress: bool = True
+) -> LabelledImages:
     """The images of the given classes, decoded once (cached) to uint8 (M, channels, size, size)."""
     wanted = set(classes)
     pairs = [(file, label) for file, label in labelled_files(source) if label in wanted]
@@ -60,7 +62,7 @@ def load_image_files(source: Path, classes: list[str], image_size: int, channels
     images = cached(
         f"folder-{image_size}px-{channels}ch",
         key,
-        lambda: {"images": decode_images(files, image_size, channels, f"decoding {source.name}")},
+        lambda: {"images": decode_images(files, image_size, channels, f"decoding {source.name}", progress)},
     )["images"]
     index = {name: i for i, name in enumerate(classes)}
     return LabelledImages(images, torch.tensor([index[label] for _, label in pairs]), list(classes))

@@ -31,7 +31,7 @@ def find_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def load_miniimagenet(
-    split: str, image_size: int = 84, root: str | os.PathLike | None = None
+    split: str, image_size: int = 84, root: str | os.PathLike | None = None, progress: bool = True
 ) -> LabelledImages:
     """One split of miniImageNet as labelled RGB images."""
     if split not in SPLITS:
@@ -52,7 +52,7 @@ def load_miniimagenet(
     index = {name: i for i, name in enumerate(names)}
 
     def build() -> dict:
-        images = decode_images(paths, image_size, 3, f"decoding miniImageNet {split}")
+        images = decode_images(paths, image_size, 3, f"decoding miniImageNet {split}", progress)
         return {"images": images}
 
     images = cached(f"miniimagenet-{split}-{image_size}px", f"{folder.resolve()}\n{table}", build)["images"]

@@ -112,7 +112,7 @@ def _open_drawing(path: Path, name: str, data: bytes) -> Image.Image:
     return image
 
 
-def _decode_archive(path: Path, image_size: int) -> tuple[list[str], np.ndarray]:
+def _decode_archive(path: Path, image_size: int, progress: bool = True) -> tuple[list[str], np.ndarray]:
     """Character names and their images (characters, 20, size, size) from one archive."""
     drawings = _read_drawings(path)
     expected = EXPECTED_CHARACTERS[path.name]
@@ -123,7 +123,8 @@ def _decode_archive(path: Path, image_size: int) -> tuple[list[str], np.ndarray]
         )
     names = sorted(drawings)
     images = np.empty((len(names), DRAWERS, image_size, image_size), dtype=np.uint8)
-    for c, name in enumerate(tqdm(names, desc=f"decoding {path.name}", unit="char", leave=False)):
+    bar = tqdm(names, desc=f"decoding {path.name}", unit="char", leave=False, disable=not progress)
+    for c, name in enumerate(bar):
         for d, file in enumerate(sorted(drawings[name])):
             image = _open_drawing(path, f"{name}/{file}", drawings[name][file])
             resized = image.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -131,8 +132,11 @@ def _decode_archive(path: Path, image_size: int) -> tuple[list[str], np.ndarray]
     return names, images
 
 
-def load_characters(root: str | os.PathLike | None = None, image_size: int = 28) -> OmniglotCharacters:
-    """Every Omniglot character, decoded from the archives once and then read from the cache."""
+def load_characters(
+    root: str | os.PathLike | None = None, image_size: int = 28, progress: bool = True
+) -> OmniglotCharacters:
+    """Every Omniglot character, decoded from the archives once (with a progress bar unless
+    `progress` is False) and then read from the cache."""
     archives = find_or_download(data_root(root), "omniglot", ARCHIVES)
     key = hashlib.sha256("".join(file_digest(a) for a in archives).encode()).hexdigest()[:16]
     cached = cache_dir() / f"omniglot-{image_size}px-{key}.pt"
@@ -144,7 +148,7 @@ def load_characters(root: str | os.PathLike | None = None, image_size: int = 28)
             pass
     names, arrays = [], []
     for archive in archives:
-        archive_names, images = _decode_archive(archive, image_size)
+        archive_names, images = _decode_archive(archive, image_size, progress)
         names += archive_names
         arrays.append(images)
     background = torch.zeros(len(names), dtype=torch.bool)
@@ -181,11 +185,12 @@ def load_omniglot(
     protocol: str = "maml",
     image_size: int = 28,
     root: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> LabelledImages:
     """One split of Omniglot as labelled images (rotations included in the maml protocol)."""
     if split not in SPLITS:
         raise FewsightError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    characters = load_characters(root, image_size)
+    characters = load_characters(root, image_size, progress)
     chosen = split_characters(characters.names, characters.background, protocol)[split]
     rotations = (0, 1, 2, 3) if protocol == "maml" else (0,)
     images = characters.images[chosen]
