@@ -127,7 +127,9 @@ def pretrain(
     if resume:
         epochs = config.epochs
         given, config = config, PretrainConfig.load(out)
-        runfolder.check_resume_settings(given, config, ("epochs",))
+        bookkeeping = ("log_every", "val_episodes", "checkpoint_every")  # may change on resume
+        runfolder.check_resume_settings(given, config, ("epochs", *bookkeeping))
+        runfolder.take_set_settings(given, config, bookkeeping)
         config.epochs = max(config.epochs, epochs)
         why_not = "fewsight pretrain did not write it, so it cannot be resumed"
         state = runfolder.resumable_checkpoint(out, _RESUMABLE, device, why_not)

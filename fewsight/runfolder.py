@@ -58,8 +58,18 @@ def check_resume_settings(given: object, saved: object, may_change: tuple[str, .
         )
         raise FewsightError(
             f"--resume continues a run with its own settings, but this command changes {differences}; "
-            f"drop those flags, or start a new run with another --out ({', '.join(may_change)} may change)"
+            f"drop those flags, or start a new run with another --out (these may change: "
+            f"{', '.join('--' + name.replace('_', '-') for name in may_change)})"
         )
+
+
+def take_set_settings(given: object, saved: object, names: tuple[str, ...]) -> None:
+    """Copy into `saved` those of the `names` settings that `given` sets (not left at its default):
+    how a resumed run logs, validates and checkpoints may change without changing what it learns."""
+    defaults = type(given)()
+    for name in names:
+        if getattr(given, name) != getattr(defaults, name):
+            setattr(saved, name, getattr(given, name))
 
 
 def resumable_checkpoint(out: Path, keys: tuple[str, ...], device: torch.device, why_not: str) -> dict:

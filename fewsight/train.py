@@ -32,12 +32,14 @@ from fewsight.runfolder import (
     random_states,
     restore_random_states,
     resumable_checkpoint,
+    take_set_settings,
 )
 from fewsight.runs import MODEL_BASED, RunConfig, assign_classes, build_learner, load_split, mamlpp_preset
 from fewsight.schedules import cosine_lr
 from fewsight.signals import StopRequests
 from fewsight.warmstart import load_backbone, run_backbone
 
+_BOOKKEEPING = ("log_every", "val_every", "val_episodes", "checkpoint_every")  # may change on resume
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)
 _RESUMABLE = ("learner", "optimizer", "generator", "torch_rng", "step", "interval")
 
@@ -115,7 +117,8 @@ def train(
     if resume:
         steps, cuda_graphs = config.steps, config.cuda_graphs
         given, config = config, RunConfig.load(out)
-        check_resume_settings(given, config, ("steps", "cuda_graphs"))
+        check_resume_settings(given, config, ("steps", "cuda_graphs", *_BOOKKEEPING))
+        take_set_settings(given, config, _BOOKKEEPING)
         config.validate()
         config.steps = max(config.steps, steps)
         config.cuda_graphs = cuda_graphs  # how to run, not what to learn: the graph does the same math

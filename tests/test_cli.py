@@ -7,6 +7,7 @@ import torch
 
 from fewsight.cli import main
 from fewsight.runs import RunConfig, build_learner
+from tests.conftest import metrics
 
 TINY = [
     "--meta-batch",
@@ -55,8 +56,12 @@ def test_resume_refuses_a_changed_setting_and_takes_a_short_command(omniglot_tra
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 1  # nothing was trained
     short = ["train", "--steps", "2", "--quiet", "--device", "cpu", "--out", str(run), "--resume"]
     assert main(short) == 0  # flags left at their defaults keep the run's settings
-    assert RunConfig.load(run).inner_lr == 0.2
+    assert RunConfig.load(run).inner_lr == 0.2 and RunConfig.load(run).checkpoint_every == 2
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2
+    bookkeeping = ["--checkpoint-every", "3", "--log-every", "3", "--val-every", "3"]  # may change
+    assert main([*short[:2], "6", *short[3:], *bookkeeping]) == 0
+    assert RunConfig.load(run).checkpoint_every == 3
+    assert [row["step"] for row in metrics(run)] == [1, 2, 3, 6]  # logged every 3 steps from then on
 
 
 def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path):
