@@ -4,7 +4,9 @@
 # end of its schedule, then evaluate it on $EPISODES fixed test episodes (5-way, 15 queries per class):
 # 1-shot and 5-shot for the model-based runs, their own shot count for the MAML family. A run that
 # already has a checkpoint is resumed. Several recipes run side by side on one GPU as separate calls.
-# Usage: benchmarks/miniimagenet_results.sh RUNS NAME
+# Usage: benchmarks/miniimagenet_results.sh RUNS NAME, NAME one of ALGORITHM-1shot or ALGORITHM-5shot
+# (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet weightpred hypernet leo),
+# resnet12-pretrain or metabaseline
 set -u
 runs=${1:?RUNS}; name=${2:?NAME}
 limit=${SECONDS_PER_CALL:-600}; episodes=${EPISODES:-1000}; batch=${EVAL_BATCH:-10}
@@ -13,15 +15,20 @@ common=(--dataset miniimagenet --queries 15 --steps 60000 --log-every 100 --val-
 # MAML as in Finn et al.: Conv4 with 32 channels, 5 inner steps of 0.01 (10 at test), transductive
 # batch norm, 4 tasks a meta-batch (the paper uses 2 for 5-shot).
 maml=(--ways 5 --inner-lr 0.01 --inner-steps 5 --eval-inner-steps 10 --meta-batch 4)
+shots=${name##*-}; shots=${shots%shot}  # NAME is ALGORITHM-1shot or ALGORITHM-5shot for most recipes
+episodic=(--ways 30 --shots 1 --meta-batch 1); [ "$shots" = 5 ] && episodic=(--ways 20 --shots 5 --meta-batch 1)
 case $name in
   # ProtoNet as in Snell et al.: 30-way 1-shot and 20-way 5-shot training, one task a step; it
   # normalises with the support set's statistics (non-transductive), as the bundled model must.
-  protonet-1shot) flags=(train --algorithm protonet --non-transductive --ways 30 --shots 1 --meta-batch 1) ;;
-  protonet-5shot) flags=(train --algorithm protonet --non-transductive --ways 20 --shots 5 --meta-batch 1) ;;
-  maml-1shot) flags=(train --algorithm maml "${maml[@]}" --shots 1) ;;
-  maml-5shot) flags=(train --algorithm maml "${maml[@]}" --shots 5) ;;
-  mamlpp-1shot) flags=(train --algorithm mamlpp "${maml[@]}" --shots 1) ;;
-  mamlpp-5shot) flags=(train --algorithm mamlpp "${maml[@]}" --shots 5) ;;
+  # Weight prediction and the hypernetwork train the same way (their heads start as ProtoNet's).
+  protonet-[15]shot|weightpred-[15]shot|hypernet-[15]shot)
+    flags=(train --algorithm "${name%-*}" --non-transductive "${episodic[@]}") ;;
+  # The MAML family with MAML's settings (MAML++ is --algorithm mamlpp with all its switches).
+  maml-[15]shot|fomaml-[15]shot|metasgd-[15]shot|anil-[15]shot|mamlpp-[15]shot)
+    flags=(train --algorithm "${name%-*}" "${maml[@]}" --shots "$shots") ;;
+  # LEO (Rusu et al. 2019) on a Conv4 learned jointly (the paper uses fixed WRN-28-10 features):
+  # 5 latent steps of 1.0 (meta-learned), 4 tasks a meta-batch.
+  leo-[15]shot) flags=(train --algorithm leo --ways 5 --shots "$shots" --meta-batch 4 --inner-steps 5 --inner-lr 1.0) ;;
   # Reptile (Nichol et al. 2018: 8 inner steps, 50 at test, 5 tasks a meta-batch) with fewsight's
   # update: plain SGD steps of 0.01 on support and query images, Adam on theta - mean(phi). Not tuned.
   reptile-1shot) flags=(train --algorithm reptile --ways 5 --shots 1 --inner-lr 0.01 --inner-steps 8
@@ -52,7 +59,7 @@ evaluate() {  # shots
   echo "evaluated ${1}-shot in $((SECONDS - start)) s" >>"$runs/$name.log"
 }
 case $name in
-  protonet-*|resnet12-*|metabaseline) evaluate 1; evaluate 5 ;;
+  protonet-*|weightpred-*|hypernet-*|resnet12-*|metabaseline) evaluate 1; evaluate 5 ;;
   *-1shot) evaluate 1 ;;
   *-5shot) evaluate 5 ;;
 esac
