@@ -1,16 +1,18 @@
 """Batch norm with statistics from the task's own batch: written out from mean and variance under
 torch.func, torch's fused kernel elsewhere.
 
-Why not always ``F.batch_norm``: under ``vmap(grad(...))`` its fused kernel gave second-order
-meta-gradients 7e-2 (relative, float64) off the per-task reference on torch 2.11 / H100, while the
-written-out form agrees to 1e-14. Under plain autograd (the per-task loop, pre-training, prediction;
-not the ONNX tracer) the fused kernel is used: it keeps fewer tensors for the backward pass, and a
-per-task MAML step holds 40% less memory on the CPU. No running statistics are kept: every call
-normalises with the statistics of the batch it is given (transductive, as in the MAML paper), or,
-with ``context_size``, with those of the first ``context_size`` samples only (non-transductive:
-queries are normalised with the support set's statistics, so each query is classified independently
-of the others). `fewsight.nets.population` can instead fix statistics estimated over many images,
-as torch's running statistics are (each sample then normalised on its own).
+Why not always ``F.batch_norm``: under ``vmap(grad(...))`` its second-order meta-gradients are
+wrong, 7e-2 (relative, float64) off the per-task reference on torch 2.11 / H100 and 0.18 (absolute)
+on torch 2.13 / CPU, while the written-out form agrees to 1e-13 (batch norm's backward batching rule
+is known to be wrong: pytorch/functorch#534).
+Under plain autograd (the per-task loop, pre-training, prediction; not the ONNX tracer) the fused
+kernel is used: it keeps fewer tensors for the backward pass, and a per-task MAML step holds 40%
+less memory on the CPU. No running statistics are kept: every call normalises with the statistics of
+the batch it is given (transductive, as in the MAML paper), or, with ``context_size``, with those of
+the first ``context_size`` samples only (non-transductive: queries are normalised with the support
+set's statistics, so each query is classified independently of the others).
+`fewsight.nets.population` can instead fix statistics estimated over many images, as torch's running
+statistics are (each sample then normalised on its own).
 """
 
 from __future__ import annotations
