@@ -467,11 +467,11 @@ def _run_eval(args: argparse.Namespace) -> None:
                 f"--metric applies to protonet and pretrain runs, not {config.algorithm}; drop it"
             )
         learner = learner.with_metric(args.metric)
-    if args.norm == "population":
-        _set_population_statistics(learner, config, args.data_root, not args.quiet)
     ways = args.ways or config.ways
     if max_ways(config) not in (None, ways):
         raise FewsightError(f"this {config.algorithm} model takes exactly {config.ways} ways; drop --ways")
+    if args.norm == "population":
+        _set_population_statistics(learner, config, args.data_root, not args.quiet)
     shots, queries = args.shots or config.shots, args.queries or config.queries
     data = load_split(config, args.split, args.data_root, not args.quiet)
     sampler = EpisodeSampler(data, ways, shots, queries, device)

@@ -128,8 +128,7 @@ def pretrain(
         epochs = config.epochs
         given, config = config, PretrainConfig.load(out)
         bookkeeping = ("log_every", "val_episodes", "checkpoint_every")  # may change on resume
-        runfolder.check_resume_settings(given, config, ("epochs", *bookkeeping))
-        runfolder.take_set_settings(given, config, bookkeeping)
+        runfolder.merge_resume_settings(given, config, bookkeeping, handled=("epochs",))
         config.epochs = max(config.epochs, epochs)
         why_not = "fewsight pretrain did not write it, so it cannot be resumed"
         state = runfolder.resumable_checkpoint(out, _RESUMABLE, device, why_not)

@@ -39,18 +39,18 @@ def check_new_folder(out: Path) -> None:
         raise FewsightError(f"{out} is a file; --out must name a folder")
 
 
-def check_resume_settings(given: object, saved: object, may_change: tuple[str, ...]) -> None:
-    """Refuse to resume with a setting the run did not have: a resumed run keeps its own settings, so
-    a changed flag would otherwise be ignored without a word. A setting left at its default is not a
-    change (a short `--resume` command names none); the `may_change` ones may differ."""
+def merge_resume_settings(
+    given: object, saved: object, adjustable: tuple[str, ...], handled: tuple[str, ...] = ()
+) -> None:
+    """Check a resume command's settings `given` against the run's `saved` ones, then copy the
+    `adjustable` ones it sets into `saved` (how the run logs, validates and checkpoints may change
+    without changing what it learns). A setting left at its default is not set (a short `--resume`
+    command names none); any other that differs is refused, as it would otherwise be ignored without
+    a word. The `handled` ones are the caller's to merge."""
     defaults = type(given)()
-    changed = [
-        field.name
-        for field in fields(given)
-        if field.name not in may_change
-        and getattr(given, field.name) != getattr(defaults, field.name)
-        and getattr(given, field.name) != getattr(saved, field.name)
-    ]
+    set_here = [f.name for f in fields(given) if getattr(given, f.name) != getattr(defaults, f.name)]
+    may_change = (*handled, *adjustable)
+    changed = [n for n in set_here if n not in may_change and getattr(given, n) != getattr(saved, n)]
     if changed:
         differences = ", ".join(
             f"--{name.replace('_', '-')} {getattr(given, name)} (the run's: {getattr(saved, name)})"
@@ -61,14 +61,8 @@ def check_resume_settings(given: object, saved: object, may_change: tuple[str, .
             f"drop those flags, or start a new run with another --out (these may change: "
             f"{', '.join('--' + name.replace('_', '-') for name in may_change)})"
         )
-
-
-def take_set_settings(given: object, saved: object, names: tuple[str, ...]) -> None:
-    """Copy into `saved` those of the `names` settings that `given` sets (not left at its default):
-    how a resumed run logs, validates and checkpoints may change without changing what it learns."""
-    defaults = type(given)()
-    for name in names:
-        if getattr(given, name) != getattr(defaults, name):
+    for name in set_here:
+        if name in adjustable:
             setattr(saved, name, getattr(given, name))
 
 

@@ -26,13 +26,12 @@ from fewsight.graphs import GraphedTrainingStep, plain_learning_rates, set_learn
 from fewsight.runfolder import (
     autocast,
     check_new_folder,
-    check_resume_settings,
     default_device,
     keep_metrics_until,
+    merge_resume_settings,
     random_states,
     restore_random_states,
     resumable_checkpoint,
-    take_set_settings,
 )
 from fewsight.runs import MODEL_BASED, RunConfig, assign_classes, build_learner, load_split, mamlpp_preset
 from fewsight.schedules import cosine_lr
@@ -117,8 +116,7 @@ def train(
     if resume:
         steps, cuda_graphs = config.steps, config.cuda_graphs
         given, config = config, RunConfig.load(out)
-        check_resume_settings(given, config, ("steps", "cuda_graphs", *_BOOKKEEPING))
-        take_set_settings(given, config, _BOOKKEEPING)
+        merge_resume_settings(given, config, _BOOKKEEPING, handled=("steps", "cuda_graphs"))
         config.validate()
         config.steps = max(config.steps, steps)
         config.cuda_graphs = cuda_graphs  # how to run, not what to learn: the graph does the same math
