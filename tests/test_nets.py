@@ -1,6 +1,11 @@
-import torch
+from functools import partial
 
-from fewsight.nets import Conv4, TaskBatchNorm
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewsight.nets import Conv4, TaskBatchNorm, same_conv2d
+from fewsight.nets.batchnorm import batch_norm
 
 
 def test_conv4_shapes():
@@ -11,8 +16,9 @@ def test_conv4_shapes():
 
 
 def test_fused_and_written_out_batch_norm_agree_to_second_order():
-    """Plain autograd takes torch's fused kernel; torch.func (and context_size) the written-out form.
-    In float64 both give the same outputs, gradients and second derivatives."""
+    """Without context_size the fused kernel runs (with a written-out backward when a graph of it is
+    wanted); with it, the written-out form. In float64 both give the same outputs, gradients and second
+    derivatives."""
     x = torch.randn(6, 4, 5, 5, dtype=torch.float64, requires_grad=True)
     norm = TaskBatchNorm(4).double()
     with torch.no_grad():
@@ -38,3 +44,92 @@ def test_context_size_normalises_with_the_first_samples_only():
     # Each query's output depends on the support set and itself alone.
     alone = norm(torch.cat([support, queries[:1]]), context_size=4)[4:]
     torch.testing.assert_close(joint[4:5], alone)
+
+
+def written_out_batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    variance, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0, keepdim=True)
+    return (x - mean) / torch.sqrt(variance + 1e-5) * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+
+
+def second_order(norm, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """An inner-loop-like quantity: the squared gradient of a loss in the scale, per task."""
+    grad = torch.func.grad(lambda w: norm(x, w, bias).sin().sum())(weight)
+    return grad.pow(2).sum()
+
+
+def test_batch_norm_under_vmap_folds_tasks_and_keeps_second_derivatives():
+    """vmap(grad(...)) of the fused batch norm (tasks folded into channels) against a loop over tasks
+    of the written-out form: the same values and second-order derivatives, in float64."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 4, 5, 5, dtype=torch.float64, generator=generator)
+    weight = torch.rand(3, 4, dtype=torch.float64, generator=generator).add(0.5).requires_grad_()
+    bias = torch.randn(4, dtype=torch.float64, generator=generator).requires_grad_()  # shared by tasks
+    outputs = torch.vmap(batch_norm, in_dims=(0, 0, None))(x, weight, bias)
+    loop = torch.stack([written_out_batch_norm(x[t], weight[t], bias) for t in range(3)])
+    torch.testing.assert_close(outputs, loop)
+    vmapped = torch.vmap(lambda x, w: second_order(batch_norm, x, w, bias))(x, weight).sum()
+    looped = sum(second_order(written_out_batch_norm, x[t], weight[t], bias) for t in range(3))
+    for a, b in zip(
+        torch.autograd.grad(vmapped, [weight, bias]), torch.autograd.grad(looped, [weight, bias]), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("kernel", "groups", "with_bias"), [(3, 1, True), (3, 2, False), (1, 2, True)])
+def test_same_conv_second_derivatives_are_torchs(kernel: int, groups: int, with_bias: bool):
+    """same_conv2d equals F.conv2d with padding k // 2, and its first and second derivatives pass
+    torch's numerical checks (gradcheck, gradgradcheck) in float64."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(6, 4 // groups, kernel, kernel, dtype=torch.float64, generator=generator)
+    bias = torch.randn(6, dtype=torch.float64, generator=generator) if with_bias else None
+    inputs = (x, weight.requires_grad_(), *([bias.requires_grad_()] if with_bias else []))
+
+    def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return same_conv2d(x, weight, bias, groups)
+
+    expected = F.conv2d(x, weight, bias, padding=kernel // 2, groups=groups)
+    torch.testing.assert_close(conv(*inputs), expected)
+    assert torch.autograd.gradcheck(conv, inputs)
+    assert torch.autograd.gradgradcheck(conv, inputs)
+
+
+def test_same_conv_under_vmap_keeps_second_derivatives():
+    """vmap(grad(...)) over tasks with per-task weights (torch's grouped convolution underneath)
+    against a loop of F.conv2d, to second order, in float64."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 2, 6, 6, dtype=torch.float64, generator=generator)
+    weight = torch.randn(3, 4, 2, 3, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+
+    def squared_gradient(conv, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.func.grad(lambda w: conv(x, w).tanh().sum())(weight).pow(2).sum()
+
+    vmapped = torch.vmap(partial(squared_gradient, same_conv2d))(x, weight).sum()
+    reference = partial(F.conv2d, padding=1)
+    looped = sum(squared_gradient(reference, x[t], weight[t]) for t in range(3))
+    torch.testing.assert_close(vmapped, looped)
+    (vmapped_grad,) = torch.autograd.grad(vmapped, weight)
+    (looped_grad,) = torch.autograd.grad(looped, weight)
+    torch.testing.assert_close(vmapped_grad, looped_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_conv4_trains_under_bf16_autocast():
+    """The custom convolution and batch norm backward passes run under autocast (as `--bf16` does),
+    first and second order, and give float32 gradients pointing where float32's do (bf16 alone moves
+    each tensor's gradient by about 20% here, as it did with torch's own layers)."""
+    torch.manual_seed(0)
+    model, x, y = Conv4(5), torch.rand(10, 1, 28, 28), torch.arange(10) % 5
+
+    def gradients(bf16: bool, create_graph: bool) -> list[torch.Tensor]:
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=create_graph)
+        if create_graph:  # a second-order quantity, as MAML's meta-gradient
+            grads = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), list(model.parameters()))
+        return list(grads)
+
+    for create_graph in (False, True):
+        low, full = gradients(True, create_graph), gradients(False, create_graph)
+        assert all(g.dtype == torch.float32 for g in low)
+        low, full = torch.cat([g.flatten() for g in low]), torch.cat([g.flatten() for g in full])
+        assert F.cosine_similarity(low, full, dim=0) > 0.9

@@ -1,24 +1,26 @@
-"""Batch norm with statistics from the task's own batch: written out from mean and variance under
-torch.func, torch's fused kernel elsewhere.
+"""Batch norm with statistics from the task's own batch, computed by torch's fused kernel, with
+derivatives that stay right and fast under torch.func.
 
-Why not always ``F.batch_norm``: under ``vmap(grad(...))`` its second-order meta-gradients are
-wrong, 7e-2 (relative, float64) off the per-task reference on torch 2.11 / H100 and 0.18 (absolute)
-on torch 2.13 / CPU, while the written-out form agrees to 1e-13 (batch norm's backward batching rule
-is known to be wrong: pytorch/functorch#534).
-Under plain autograd (the per-task loop, pre-training, prediction; not the ONNX tracer) the fused
-kernel is used: it keeps fewer tensors for the backward pass, and a per-task MAML step holds 40%
-less memory on the CPU. No running statistics are kept: every call normalises with the statistics of
-the batch it is given (transductive, as in the MAML paper), or, with ``context_size``, with those of
-the first ``context_size`` samples only (non-transductive: queries are normalised with the support
-set's statistics, so each query is classified independently of the others).
-`fewsight.nets.population` can instead fix statistics estimated over many images, as torch's running
-statistics are (each sample then normalised on its own).
+torch's own `F.batch_norm` gives wrong second-order meta-gradients under ``vmap(grad(...))``, 7e-2
+(relative, float64) off the per-task reference on torch 2.11 / H100 and 0.18 (absolute) on torch 2.13 /
+CPU: its backward's batching rule is known to be wrong (pytorch/functorch#534). `batch_norm` below
+never meets that rule: under vmap it folds the tasks into the channels (each task's channel is a
+channel of its own, so (T, B, C, ...) is one batch norm of (B, T*C, ...)) and calls the fused kernel
+once. Its backward is the fused kernel too, unless a graph of the backward is wanted (MAML's inner
+loop): then it is written out from the statistics, recomputed so that it differentiates in x.
+No running statistics are kept: every call normalises with the statistics of the batch it is given
+(transductive, as in the MAML paper), or, with ``context_size``, with those of the first
+``context_size`` samples only (non-transductive: queries are normalised with the support set's
+statistics, so each query is classified independently of the others; written out, as is the form
+the ONNX tracer gets). `fewsight.nets.population` can instead fix statistics estimated over many
+images, as torch's running statistics are (each sample then normalised on its own).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,22 +44,81 @@ class TaskBatchNorm(nn.Module):
             return F.batch_norm(
                 x, self.population_mean, self.population_var, self.weight, self.bias, False, 0.0, self.eps
             )
-        if context_size is None and _plain_autograd():
-            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+        if context_size is None and not torch.jit.is_tracing():  # the tracer cannot export it
+            return batch_norm(x, self.weight, self.bias, self.eps)
         context = x if context_size is None else x[:context_size]
         dims = [0, *range(2, x.ndim)]
-        # One pass for both statistics and one fused multiply-add: fewer kernels in the inner loop,
-        # whose forward, backward and double backward are mostly such small elementwise kernels.
+        # One pass for both statistics and one fused multiply-add.
         variance, mean = torch.var_mean(context, dim=dims, correction=0, keepdim=True)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         scale = self.weight.view(shape) * torch.rsqrt(variance + self.eps)
         return torch.addcmul(self.bias.view(shape), x - mean, scale)
 
 
-def _plain_autograd() -> bool:
-    """True outside torch.func transforms and the ONNX tracer (which cannot export batch norm
-    without running statistics): where the fused kernel is safe to use."""
-    return not (torch._C._are_functorch_transforms_active() or torch.jit.is_tracing())
+class _BatchNorm(torch.autograd.Function):
+    """Training-mode batch norm of (B, C, ...) with the batch's statistics: (output, mean, 1/std)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> tuple:
+        output, mean, inverse_std = torch.ops.aten.native_batch_norm(
+            x, weight, bias, None, None, True, 0.0, eps
+        )[:3]
+        return output, mean, inverse_std
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, outputs: tuple) -> None:
+        x, weight, _, ctx.eps = inputs
+        ctx.save_for_backward(x, weight, outputs[1], outputs[2])
+        ctx.mark_non_differentiable(outputs[1], outputs[2])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, _mean: torch.Tensor, _inverse_std: torch.Tensor) -> tuple:
+        x, weight, mean, inverse_std = ctx.saved_tensors
+        if not torch.is_grad_enabled():  # no graph of the backward wanted: the fused kernel
+            grads = torch.ops.aten.native_batch_norm_backward(
+                grad, x, weight, None, None, mean, inverse_std, True, ctx.eps, list(ctx.needs_input_grad[:3])
+            )
+            return (*grads, None)
+        # Written out, with the statistics recomputed from x so that the graph reaches x through them
+        # (in float32 at least: x may be bf16 under autocast).
+        dtype = torch.promote_types(x.dtype, weight.dtype)
+        x, grad = x.to(dtype), grad.to(dtype)
+        dims = [0, *range(2, x.ndim)]
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        variance, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+        inverse_std = torch.rsqrt(variance + ctx.eps)
+        normalised = (x - mean) * inverse_std
+        grad_bias = grad.sum(dims)
+        grad_weight = (grad * normalised).sum(dims)
+        count = x.numel() // x.shape[1]
+        centred = grad - (grad_bias / count).view(shape) - normalised * (grad_weight / count).view(shape)
+        grad_x = weight.view(shape) * inverse_std * centred
+        return grad_x.to(x.dtype), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
+
+    @staticmethod
+    def vmap(
+        info: Any, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+    ) -> tuple:
+        """Tasks folded into channels: (T, B, C, ...) -> one batch norm of (B, T*C, ...)."""
+        tasks = info.batch_size
+
+        def per_task(value: torch.Tensor, dim: int | None) -> torch.Tensor:  # tasks first
+            return value.expand(tasks, *value.shape) if dim is None else value.movedim(dim, 0)
+
+        x = per_task(x, in_dims[0])
+        batch, channels, rest = x.shape[1], x.shape[2], x.shape[3:]
+        folded = x.transpose(0, 1).reshape(batch, tasks * channels, *rest)
+        output, mean, inverse_std = _BatchNorm.apply(
+            folded, per_task(weight, in_dims[1]).reshape(-1), per_task(bias, in_dims[2]).reshape(-1), eps
+        )
+        output = output.view(batch, tasks, channels, *rest).transpose(0, 1)
+        return (output, mean.view(tasks, channels), inverse_std.view(tasks, channels)), (0, 0, 0)
+
+
+def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Batch norm of x (B, C, ...) with its own statistics: torch's fused kernel, right under vmap and
+    to second order (see the module's docstring)."""
+    return _BatchNorm.apply(x, weight, bias, eps)[0]
 
 
 def with_context(

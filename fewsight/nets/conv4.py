@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewsight.nets.batchnorm import TaskBatchNorm
+from fewsight.nets.conv import SameConv2d
 
 Film = tuple[torch.Tensor, torch.Tensor]
 
@@ -23,7 +24,7 @@ class ConvBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv = SameConv2d(in_channels, out_channels, 3)
         self.norm = TaskBatchNorm(out_channels)
 
     def forward(

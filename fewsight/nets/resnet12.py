@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewsight.nets.batchnorm import TaskBatchNorm
+from fewsight.nets.conv import SameConv2d
 from fewsight.nets.conv4 import Film
 from fewsight.nets.dropblock import drop_block
 
@@ -27,11 +28,9 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, drop_block: bool) -> None:
         super().__init__()
         sizes = [in_channels, out_channels, out_channels, out_channels]
-        self.convs = nn.ModuleList(
-            nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in itertools.pairwise(sizes)
-        )
+        self.convs = nn.ModuleList(SameConv2d(a, b, 3, bias=False) for a, b in itertools.pairwise(sizes))
         self.norms = nn.ModuleList(TaskBatchNorm(out_channels) for _ in self.convs)
-        self.shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.shortcut = SameConv2d(in_channels, out_channels, 1, bias=False)
         self.shortcut_norm = TaskBatchNorm(out_channels)
         self.drop_block = drop_block
         self.drop_rate = 0.0

@@ -1,0 +1,107 @@
+"""A stride-1 'same' convolution whose second derivative is convolutions, for MAML's meta-gradient.
+
+Under vmap over tasks every task's convolution becomes one grouped convolution (a group per task).
+torch's double backward of a grouped convolution loops over the groups in Python (a weight-gradient
+convolution per task, with layout conversions around each), so a second-order meta-step of 32
+Omniglot tasks ran about 300 small kernels for it. Here the backward is written with convolutions
+(`conv_transpose2d` for the input, cuDNN's weight gradient for the weight), and so is the backward of
+the weight gradient: every derivative is one grouped kernel, whatever the group count. Values and
+derivatives are torch's (checked to second order in float64 by tests/test_nets.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _padding(weight: torch.Tensor) -> list[int]:
+    return [weight.shape[-2] // 2, weight.shape[-1] // 2]
+
+
+class _SameConv(torch.autograd.Function):
+    """y = conv2d(x, w, b, padding=k//2, groups=groups); backward through `_WeightGrad`."""
+
+    generate_vmap_rule = True  # vmap of the forward and backward below: plain torch ops
+
+    @staticmethod
+    def forward(
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+    ) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, padding=_padding(weight), groups=groups)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, weight, _, ctx.groups = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        # In the gradient's precision: under autocast the forward ran in bf16, the backward has no
+        # autocast (autograd casts each returned gradient to its input's type).
+        x, weight = (saved.to(grad.dtype) for saved in ctx.saved_tensors)
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        padding = _padding(weight)
+        grad_x = F.conv_transpose2d(grad, weight, padding=padding, groups=ctx.groups) if needs_x else None
+        grad_weight = _WeightGrad.apply(x, grad, weight, ctx.groups) if needs_weight else None
+        grad_bias = grad.sum((0, 2, 3)) if needs_bias else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+class _WeightGrad(torch.autograd.Function):
+    """The weight gradient of `_SameConv` (bilinear in x and the output gradient), whose own backward
+    is a transposed convolution (for x) and a convolution (for the output gradient)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+        # weight is read for its shape only; output_mask asks for the weight gradient alone.
+        return torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [1, 1], _padding(weight), [1, 1], False, [0, 0], groups,
+            [False, True, False],
+        )[1]  # fmt: skip
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, grad, _, ctx.groups = inputs
+        ctx.save_for_backward(x, grad)
+
+    @staticmethod
+    def backward(ctx: Any, grad_of_weight_grad: torch.Tensor) -> tuple:
+        x, grad = ctx.saved_tensors
+        grad_of_weight_grad = grad_of_weight_grad.to(grad.dtype)
+        padding = _padding(grad_of_weight_grad)
+        needs_x, needs_grad = ctx.needs_input_grad[:2]
+        groups = ctx.groups
+        grad_x = (
+            F.conv_transpose2d(grad, grad_of_weight_grad, padding=padding, groups=groups) if needs_x else None
+        )
+        grad_grad = F.conv2d(x, grad_of_weight_grad, padding=padding, groups=groups) if needs_grad else None
+        return grad_x, grad_grad, None, None
+
+
+def same_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1
+) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias, padding=k // 2, groups=groups)` (stride 1, odd kernel), with cheap
+    second derivatives. The ONNX tracer gets `F.conv2d` itself."""
+    if torch.jit.is_tracing():
+        return F.conv2d(x, weight, bias, padding=_padding(weight), groups=groups)
+    return _SameConv.apply(x, weight, bias, groups)
+
+
+class SameConv2d(nn.Conv2d):
+    """`nn.Conv2d` with stride 1 and padding k // 2 (odd kernel) computed by `same_conv2d`: the same
+    parameters and values, cheaper second-order meta-gradients."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True) -> None:
+        if kernel_size % 2 == 0:
+            raise ValueError(f"SameConv2d needs an odd kernel size, not {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return same_conv2d(x, self.weight, self.bias, self.groups)
