@@ -77,13 +77,14 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=HERE.parent / "docs" / "BENCHMARKS.md")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--dataset", nargs="+", help="only these data sets")
+    parser.add_argument("--algorithm", nargs="+", help="only these algorithms")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--max-seconds", type=float, default=2.0, help="timing per row, at least 3 steps")
     args = parser.parse_args()
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True  # as `fewsight train` does on a GPU
     started, clock = datetime.now(timezone.utc), time.perf_counter()
-    cases = bench.select(bench.SUITE, args.dataset, None)
+    cases = bench.select(bench.SUITE, args.dataset, args.algorithm)
     rows = bench.run_suite(
         cases,
         device,

@@ -31,6 +31,11 @@ class _SameConv(torch.autograd.Function):
     def forward(
         x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
     ) -> torch.Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # vmap runs this without autocast's casts: cast here
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
         return F.conv2d(x, weight, bias, padding=_padding(weight), groups=groups)
 
     @staticmethod
