@@ -1,5 +1,7 @@
 """What else might shorten the CUDA-graphed MAML step (what `fewsight train` runs on a GPU): its replay
-time under variants of the convolution (im2col + matmul instead of cuDNN's grouped kernels), of
+time against the step before commit 1caaec7 (torch's convolution, whose double backward loops over
+the tasks, and batch norm written out under vmap), under variants of the convolution (im2col + matmul
+instead of cuDNN's grouped kernels), of
 precision (TF32 off, bf16 autocast) and of memory layout (channels-last), each variant that changes the
 arithmetic checked against the float64 per-task reference; then the step's kernel profile, with the
 kernels' full names.
@@ -23,6 +25,7 @@ from fewsight.nets import conv4
 CASES = [bench.Case("omniglot", "maml", 5, 1, 32), bench.Case("miniimagenet", "maml", 5, 1, 4)]
 VARIANTS = [
     "current",
+    "torch conv, written-out batch norm",
     "no cudnn.benchmark",
     "no tf32 conv",
     "matmul tf32",
@@ -54,6 +57,13 @@ def block_with_unfold(first_only: bool):
     return forward
 
 
+def torch_layers_block(self, x, context_size=None, film=None):
+    """ConvBlock.forward as before commit 1caaec7: F.conv2d and the written-out batch norm (the form
+    that `context_size` takes; the whole batch as the context gives the same statistics)."""
+    x = F.conv2d(x, self.conv.weight, self.conv.bias, padding=1)
+    return F.relu(F.max_pool2d(self.norm(x, x.shape[0] if context_size is None else context_size), 2))
+
+
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     original = conv4.ConvBlock.forward
@@ -66,6 +76,8 @@ def variant(name: str) -> Iterator[None]:
             torch.set_float32_matmul_precision("high")
         if name.startswith("unfold"):
             conv4.ConvBlock.forward = block_with_unfold(first_only=name == "unfold first conv")
+        if name.startswith("torch conv"):
+            conv4.ConvBlock.forward = torch_layers_block
         yield
     finally:
         conv4.ConvBlock.forward = original
@@ -108,7 +120,7 @@ def main() -> None:
             with variant(name):
                 ms = replay_ms(case, device, bf16=name == "bf16", channels_last=name == "channels_last")
                 error = None
-                if name.startswith("unfold") or name == "current":  # the arithmetic changes
+                if name.startswith(("unfold", "torch conv")) or name == "current":  # other arithmetic
                     error = bench.gradient_error(case, bench.graphed_implementation(), device)
             print(f"{case.name} | {name} | {ms:.1f} ms | gradient error {error}", flush=True)
     for case in CASES:

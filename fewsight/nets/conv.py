@@ -22,10 +22,25 @@ def _padding(weight: torch.Tensor) -> list[int]:
     return [weight.shape[-2] // 2, weight.shape[-1] // 2]
 
 
-class _SameConv(torch.autograd.Function):
-    """y = conv2d(x, w, b, padding=k//2, groups=groups); backward through `_WeightGrad`."""
+def _tasks_first(value: torch.Tensor, dim: int | None, tasks: int) -> torch.Tensor:
+    """A vmapped argument with its task dimension first (repeated for every task if it has none)."""
+    return value.expand(tasks, *value.shape) if dim is None else value.movedim(dim, 0)
 
-    generate_vmap_rule = True  # vmap of the forward and backward below: plain torch ops
+
+def _fold_channels(x: torch.Tensor) -> torch.Tensor:
+    """(T, N, C, H, W) -> (N, T*C, H, W): each task's channels a group of their own."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+
+
+def _unfold_channels(x: torch.Tensor, tasks: int) -> torch.Tensor:
+    """(N, T*C, H, W) -> (T, N, C, H, W)."""
+    return x.view(x.shape[0], tasks, -1, *x.shape[2:]).transpose(0, 1)
+
+
+class _SameConv(torch.autograd.Function):
+    """y = conv2d(x, w, b, padding=k//2, groups=groups); backward through `_WeightGrad`. Under vmap
+    with per-task weights the tasks become groups of one convolution (as torch's own batching rule
+    does), written here because a generated vmap rule costs much Python per call."""
 
     @staticmethod
     def forward(
@@ -55,12 +70,24 @@ class _SameConv(torch.autograd.Function):
         grad_bias = grad.sum((0, 2, 3)) if needs_bias else None
         return grad_x, grad_weight, grad_bias, None
 
+    @staticmethod
+    def vmap(
+        info: Any, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: Any, groups: int
+    ) -> tuple:
+        tasks = info.batch_size
+        x = _tasks_first(x, in_dims[0], tasks)
+        if in_dims[1] is None and in_dims[2] is None:  # shared weights: the tasks are one batch
+            output = _SameConv.apply(x.flatten(0, 1), weight, bias, groups)
+            return output.view(tasks, x.shape[1], *output.shape[1:]), 0
+        weight = _tasks_first(weight, in_dims[1], tasks).flatten(0, 1)
+        bias = None if bias is None else _tasks_first(bias, in_dims[2], tasks).flatten()
+        output = _SameConv.apply(_fold_channels(x), weight, bias, groups * tasks)
+        return _unfold_channels(output, tasks), 0
+
 
 class _WeightGrad(torch.autograd.Function):
     """The weight gradient of `_SameConv` (bilinear in x and the output gradient), whose own backward
     is a transposed convolution (for x) and a convolution (for the output gradient)."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
@@ -87,6 +114,17 @@ class _WeightGrad(torch.autograd.Function):
         )
         grad_grad = F.conv2d(x, grad_of_weight_grad, padding=padding, groups=groups) if needs_grad else None
         return grad_x, grad_grad, None, None
+
+    @staticmethod
+    def vmap(
+        info: Any, in_dims: tuple, x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, groups: int
+    ):
+        """A weight gradient per task: the tasks as groups."""
+        tasks = info.batch_size
+        x, grad = _tasks_first(x, in_dims[0], tasks), _tasks_first(grad, in_dims[1], tasks)
+        weight = _tasks_first(weight, in_dims[2], tasks).flatten(0, 1)
+        folded = _WeightGrad.apply(_fold_channels(x), _fold_channels(grad), weight, groups * tasks)
+        return folded.view(tasks, -1, *folded.shape[1:]), 0
 
 
 def same_conv2d(
