@@ -22,6 +22,11 @@ def _padding(weight: torch.Tensor) -> list[int]:
     return [weight.shape[-2] // 2, weight.shape[-1] // 2]
 
 
+def _input_grad(grad: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The gradient of a 'same' convolution with `weight` for its input: a transposed convolution."""
+    return F.conv_transpose2d(grad, weight, padding=_padding(weight), groups=groups)
+
+
 def _tasks_first(value: torch.Tensor, dim: int | None, tasks: int) -> torch.Tensor:
     """A vmapped argument with its task dimension first (repeated for every task if it has none)."""
     return value.expand(tasks, *value.shape) if dim is None else value.movedim(dim, 0)
@@ -37,7 +42,17 @@ def _unfold_channels(x: torch.Tensor, tasks: int) -> torch.Tensor:
     return x.view(x.shape[0], tasks, -1, *x.shape[2:]).transpose(0, 1)
 
 
-class _SameConv(torch.autograd.Function):
+class _KeepsTwoInputs(torch.autograd.Function):
+    """Keeps its first two inputs (x and weight, or x and the output gradient) and its last, the
+    group count, for the backward pass."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.groups = inputs[3]
+
+
+class _SameConv(_KeepsTwoInputs):
     """y = conv2d(x, w, b, padding=k//2, groups=groups); backward through `_WeightGrad`. Under vmap
     with per-task weights the tasks become groups of one convolution (as torch's own batching rule
     does), written here because a generated vmap rule costs much Python per call."""
@@ -54,18 +69,12 @@ class _SameConv(torch.autograd.Function):
         return F.conv2d(x, weight, bias, padding=_padding(weight), groups=groups)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        x, weight, _, ctx.groups = inputs
-        ctx.save_for_backward(x, weight)
-
-    @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         # In the gradient's precision: under autocast the forward ran in bf16, the backward has no
         # autocast (autograd casts each returned gradient to its input's type).
         x, weight = (saved.to(grad.dtype) for saved in ctx.saved_tensors)
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        padding = _padding(weight)
-        grad_x = F.conv_transpose2d(grad, weight, padding=padding, groups=ctx.groups) if needs_x else None
+        grad_x = _input_grad(grad, weight, ctx.groups) if needs_x else None
         grad_weight = _WeightGrad.apply(x, grad, weight, ctx.groups) if needs_weight else None
         grad_bias = grad.sum((0, 2, 3)) if needs_bias else None
         return grad_x, grad_weight, grad_bias, None
@@ -85,7 +94,7 @@ class _SameConv(torch.autograd.Function):
         return _unfold_channels(output, tasks), 0
 
 
-class _WeightGrad(torch.autograd.Function):
+class _WeightGrad(_KeepsTwoInputs):
     """The weight gradient of `_SameConv` (bilinear in x and the output gradient), whose own backward
     is a transposed convolution (for x) and a convolution (for the output gradient)."""
 
@@ -98,27 +107,18 @@ class _WeightGrad(torch.autograd.Function):
         )[1]  # fmt: skip
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        x, grad, _, ctx.groups = inputs
-        ctx.save_for_backward(x, grad)
-
-    @staticmethod
     def backward(ctx: Any, grad_of_weight_grad: torch.Tensor) -> tuple:
         x, grad = ctx.saved_tensors
-        grad_of_weight_grad = grad_of_weight_grad.to(grad.dtype)
-        padding = _padding(grad_of_weight_grad)
+        ggw = grad_of_weight_grad.to(grad.dtype)
         needs_x, needs_grad = ctx.needs_input_grad[:2]
-        groups = ctx.groups
-        grad_x = (
-            F.conv_transpose2d(grad, grad_of_weight_grad, padding=padding, groups=groups) if needs_x else None
-        )
-        grad_grad = F.conv2d(x, grad_of_weight_grad, padding=padding, groups=groups) if needs_grad else None
+        grad_x = _input_grad(grad, ggw, ctx.groups) if needs_x else None
+        grad_grad = F.conv2d(x, ggw, padding=_padding(ggw), groups=ctx.groups) if needs_grad else None
         return grad_x, grad_grad, None, None
 
     @staticmethod
     def vmap(
         info: Any, in_dims: tuple, x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, groups: int
-    ):
+    ) -> tuple:
         """A weight gradient per task: the tasks as groups."""
         tasks = info.batch_size
         x, grad = _tasks_first(x, in_dims[0], tasks), _tasks_first(grad, in_dims[1], tasks)
