@@ -6,8 +6,9 @@ torch's own `F.batch_norm` gives wrong second-order meta-gradients under ``vmap(
 CPU: its backward's batching rule is known to be wrong (pytorch/functorch#534). `batch_norm` below
 never meets that rule: under vmap it folds the tasks into the channels (each task's channel is a
 channel of its own, so (T, B, C, ...) is one batch norm of (B, T*C, ...)) and calls the fused kernel
-once. Its backward is the fused kernel too, unless a graph of the backward is wanted (MAML's inner
-loop): then it is written out from the statistics, recomputed so that it differentiates in x.
+once. Its backward is the fused kernel too (differentiable again under plain autograd), except where
+torch.func needs a graph of it (MAML's vmapped inner loop): there it is written out from the
+statistics, recomputed so that it differentiates in x.
 No running statistics are kept: every call normalises with the statistics of the batch it is given
 (transductive, as in the MAML paper), or, with ``context_size``, with those of the first
 ``context_size`` samples only (non-transductive: queries are normalised with the support set's
@@ -74,13 +75,16 @@ class _BatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _mean: torch.Tensor, _inverse_std: torch.Tensor) -> tuple:
         x, weight, mean, inverse_std = ctx.saved_tensors
-        if not torch.is_grad_enabled():  # no graph of the backward wanted: the fused kernel
+        if not (torch.is_grad_enabled() and torch._C._are_functorch_transforms_active()):
+            # The fused kernel: no graph of the backward is wanted, or plain autograd records one with
+            # torch's own (right) double backward, which keeps fewer tensors than the written-out form.
             grads = torch.ops.aten.native_batch_norm_backward(
                 grad, x, weight, None, None, mean, inverse_std, True, ctx.eps, list(ctx.needs_input_grad[:3])
             )
             return (*grads, None)
-        # Written out, with the statistics recomputed from x so that the graph reaches x through them
-        # (in float32 at least: x may be bf16 under autocast).
+        # Under torch.func, where the fused backward's batching rule is wrong: written out, with the
+        # statistics recomputed from x so that the graph reaches x through them (in float32 at least:
+        # x may be bf16 under autocast).
         dtype = torch.promote_types(x.dtype, weight.dtype)
         x, grad = x.to(dtype), grad.to(dtype)
         dims = [0, *range(2, x.ndim)]
