@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewsight.nets.folding import fold_channels, tasks_first, unfold_channels
+
 
 class TaskBatchNorm(nn.Module):
     """Per-channel normalisation of (B, C, ...) with a learned scale and shift, no running state."""
@@ -105,18 +107,15 @@ class _BatchNorm(torch.autograd.Function):
     ) -> tuple:
         """Tasks folded into channels: (T, B, C, ...) -> one batch norm of (B, T*C, ...)."""
         tasks = info.batch_size
-
-        def per_task(value: torch.Tensor, dim: int | None) -> torch.Tensor:  # tasks first
-            return value.expand(tasks, *value.shape) if dim is None else value.movedim(dim, 0)
-
-        x = per_task(x, in_dims[0])
-        batch, channels, rest = x.shape[1], x.shape[2], x.shape[3:]
-        folded = x.transpose(0, 1).reshape(batch, tasks * channels, *rest)
+        x = tasks_first(x, in_dims[0], tasks)
         output, mean, inverse_std = _BatchNorm.apply(
-            folded, per_task(weight, in_dims[1]).reshape(-1), per_task(bias, in_dims[2]).reshape(-1), eps
+            fold_channels(x),
+            tasks_first(weight, in_dims[1], tasks).flatten(),
+            tasks_first(bias, in_dims[2], tasks).flatten(),
+            eps,
         )
-        output = output.view(batch, tasks, channels, *rest).transpose(0, 1)
-        return (output, mean.view(tasks, channels), inverse_std.view(tasks, channels)), (0, 0, 0)
+        per_task = (unfold_channels(output, tasks), mean.view(tasks, -1), inverse_std.view(tasks, -1))
+        return per_task, (0, 0, 0)
 
 
 def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

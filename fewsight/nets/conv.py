@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewsight.nets.folding import fold_channels, tasks_first, unfold_channels
+
 
 def _padding(weight: torch.Tensor) -> list[int]:
     return [weight.shape[-2] // 2, weight.shape[-1] // 2]
@@ -25,21 +27,6 @@ def _padding(weight: torch.Tensor) -> list[int]:
 def _input_grad(grad: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
     """The gradient of a 'same' convolution with `weight` for its input: a transposed convolution."""
     return F.conv_transpose2d(grad, weight, padding=_padding(weight), groups=groups)
-
-
-def _tasks_first(value: torch.Tensor, dim: int | None, tasks: int) -> torch.Tensor:
-    """A vmapped argument with its task dimension first (repeated for every task if it has none)."""
-    return value.expand(tasks, *value.shape) if dim is None else value.movedim(dim, 0)
-
-
-def _fold_channels(x: torch.Tensor) -> torch.Tensor:
-    """(T, N, C, H, W) -> (N, T*C, H, W): each task's channels a group of their own."""
-    return x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
-
-
-def _unfold_channels(x: torch.Tensor, tasks: int) -> torch.Tensor:
-    """(N, T*C, H, W) -> (T, N, C, H, W)."""
-    return x.view(x.shape[0], tasks, -1, *x.shape[2:]).transpose(0, 1)
 
 
 class _KeepsTwoInputs(torch.autograd.Function):
@@ -84,14 +71,14 @@ class _SameConv(_KeepsTwoInputs):
         info: Any, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: Any, groups: int
     ) -> tuple:
         tasks = info.batch_size
-        x = _tasks_first(x, in_dims[0], tasks)
+        x = tasks_first(x, in_dims[0], tasks)
         if in_dims[1] is None and in_dims[2] is None:  # shared weights: the tasks are one batch
             output = _SameConv.apply(x.flatten(0, 1), weight, bias, groups)
             return output.view(tasks, x.shape[1], *output.shape[1:]), 0
-        weight = _tasks_first(weight, in_dims[1], tasks).flatten(0, 1)
-        bias = None if bias is None else _tasks_first(bias, in_dims[2], tasks).flatten()
-        output = _SameConv.apply(_fold_channels(x), weight, bias, groups * tasks)
-        return _unfold_channels(output, tasks), 0
+        weight = tasks_first(weight, in_dims[1], tasks).flatten(0, 1)
+        bias = None if bias is None else tasks_first(bias, in_dims[2], tasks).flatten()
+        output = _SameConv.apply(fold_channels(x), weight, bias, groups * tasks)
+        return unfold_channels(output, tasks), 0
 
 
 class _WeightGrad(_KeepsTwoInputs):
@@ -121,9 +108,9 @@ class _WeightGrad(_KeepsTwoInputs):
     ) -> tuple:
         """A weight gradient per task: the tasks as groups."""
         tasks = info.batch_size
-        x, grad = _tasks_first(x, in_dims[0], tasks), _tasks_first(grad, in_dims[1], tasks)
-        weight = _tasks_first(weight, in_dims[2], tasks).flatten(0, 1)
-        folded = _WeightGrad.apply(_fold_channels(x), _fold_channels(grad), weight, groups * tasks)
+        x, grad = tasks_first(x, in_dims[0], tasks), tasks_first(grad, in_dims[1], tasks)
+        weight = tasks_first(weight, in_dims[2], tasks).flatten(0, 1)
+        folded = _WeightGrad.apply(fold_channels(x), fold_channels(grad), weight, groups * tasks)
         return folded.view(tasks, -1, *folded.shape[1:]), 0
 
 
