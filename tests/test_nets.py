@@ -158,3 +158,15 @@ def test_maml_meta_gradient_equals_torch_layers_one(monkeypatch: pytest.MonkeyPa
     reference = bench.fewsight_implementation(per_task=True)(learner, batch)()
     for name, value in reference.items():
         torch.testing.assert_close(vmapped[name], value, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_norm_second_derivative_inside_one_transform():
+    """A gradient of a gradient taken inside torch.func alone (no plain autograd below), as a user's
+    Hessian-vector product would, matches the written-out form in float64."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, 5, 5, dtype=torch.float64, generator=generator)
+    weight = torch.rand(4, dtype=torch.float64, generator=generator).add(0.5)
+    bias = torch.randn(4, dtype=torch.float64, generator=generator)
+    fused = torch.func.grad(partial(second_order, batch_norm, x, bias=bias))(weight)
+    written = torch.func.grad(partial(second_order, written_out_batch_norm, x, bias=bias))(weight)
+    torch.testing.assert_close(fused, written, rtol=1e-10, atol=1e-10)
