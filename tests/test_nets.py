@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from fewsight.nets import Conv4, TaskBatchNorm, same_conv2d
 from fewsight.nets.batchnorm import batch_norm
+from fewsight.nets.pooling import pool_relu
 
 
 def test_conv4_shapes():
@@ -170,3 +171,34 @@ def test_batch_norm_second_derivative_inside_one_transform():
     fused = torch.func.grad(partial(second_order, batch_norm, x, bias=bias))(weight)
     written = torch.func.grad(partial(second_order, written_out_batch_norm, x, bias=bias))(weight)
     torch.testing.assert_close(fused, written, rtol=1e-10, atol=1e-10)
+
+
+def test_pool_relu_is_torchs_to_second_order():
+    """pool_relu equals relu(max_pool2d(x, 2)); its derivatives pass gradcheck and gradgradcheck; and
+    under vmap(grad(...)) over tasks (the folded layout) its second derivatives equal a loop's of
+    torch's functions, in float64."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    torch.testing.assert_close(pool_relu(x), F.relu(F.max_pool2d(x, 2)))
+    assert torch.autograd.gradcheck(pool_relu, (x,))
+    assert torch.autograd.gradgradcheck(pool_relu, (x,))
+
+    tasks = torch.randn(3, 2, 4, 6, 6, dtype=torch.float64, generator=generator)
+    scale = torch.rand(3, 4, dtype=torch.float64, generator=generator).add(0.5).requires_grad_()
+
+    def squared_gradient(pool, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        loss = lambda s: pool(x * s.view(1, -1, 1, 1)).pow(3).sum()  # noqa: E731
+        return torch.func.grad(loss)(scale).pow(2).sum()
+
+    vmapped = torch.vmap(partial(squared_gradient, pool_relu))(tasks, scale).sum()
+    reference = lambda x: F.relu(F.max_pool2d(x, 2))  # noqa: E731
+    looped = sum(squared_gradient(reference, tasks[t], scale[t]) for t in range(3))
+    torch.testing.assert_close(vmapped, looped)
+    (vmapped_grad,) = torch.autograd.grad(vmapped, scale)
+    (looped_grad,) = torch.autograd.grad(looped, scale)
+    torch.testing.assert_close(vmapped_grad, looped_grad, rtol=1e-10, atol=1e-10)
+    # A gradient of a gradient inside torch.func alone (the gather of the pool's double backward).
+    inside = torch.func.grad(partial(squared_gradient, pool_relu, tasks[0]))(scale[0].detach())
+    torch.testing.assert_close(
+        inside, torch.func.grad(partial(squared_gradient, reference, tasks[0]))(scale[0].detach())
+    )

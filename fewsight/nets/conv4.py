@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fewsight.nets.batchnorm import TaskBatchNorm
 from fewsight.nets.conv import SameConv2d
+from fewsight.nets.pooling import pool_relu
 
 Film = tuple[torch.Tensor, torch.Tensor]
 
@@ -33,7 +33,7 @@ class ConvBlock(nn.Module):
         x = self.norm(self.conv(x), context_size)
         if film is not None:
             x = x * film[0].view(1, -1, 1, 1) + film[1].view(1, -1, 1, 1)
-        return F.relu(F.max_pool2d(x, 2))  # = pool(relu(x)), with the ReLU on a quarter of the values
+        return pool_relu(x)  # = pool(relu(x)), with the ReLU on a quarter of the values
 
 
 class Conv4(nn.Module):

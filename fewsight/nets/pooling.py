@@ -1,0 +1,93 @@
+"""2x2 max-pool then ReLU (Conv4's block ending) that stays in the layout of the layers before it
+under vmap over tasks.
+
+torch's batching rule for max-pool flattens tasks and images into one batch, which costs a copy of
+the activations whenever they come from fewsight's folded convolution and batch norm (tasks folded
+into channels), forward and backward: about 4 GB of copies per Omniglot meta-step of 32 tasks
+(benchmarks/op_count.py). Pooling is per channel, so here the tasks are folded into the channels as
+well, and the pooled output goes on in the same layout. Values and derivatives are torch's (checked
+to second order in float64 by tests/test_nets.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fewsight.nets.folding import fold_channels, tasks_first, unfold_channels
+
+
+class _PoolReLU(torch.autograd.Function):
+    """relu(max_pool2d(x, 2)) and the pool's argmax indices (B, C, H/2, W/2)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> tuple:
+        pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+        return pooled.relu(), indices
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, outputs: tuple) -> None:
+        ctx.save_for_backward(inputs[0], *outputs)
+        ctx.mark_non_differentiable(outputs[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, _indices: torch.Tensor) -> tuple:
+        x, output, indices = ctx.saved_tensors
+        grad = torch.ops.aten.threshold_backward(grad, output, 0)
+        if torch.is_grad_enabled() and torch._C._are_functorch_transforms_active():
+            return (_PoolBackward.apply(grad, x, indices),)
+        return (_pool_backward(grad, x, indices),)  # plain autograd differentiates torch's kernel
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, x: torch.Tensor) -> tuple:
+        tasks = info.batch_size
+        output, indices = _PoolReLU.apply(fold_channels(tasks_first(x, in_dims[0], tasks)))
+        return (unfold_channels(output, tasks), unfold_channels(indices, tasks)), (0, 0)
+
+
+class _PoolBackward(torch.autograd.Function):
+    """The pool's input gradient (the output gradient scattered to the argmax positions), as a
+    function that torch.func can differentiate again: under vmap, torch's kernel on the tasks folded
+    into channels, which plain autograd below differentiates with torch's own double backward."""
+
+    @staticmethod
+    def forward(grad: torch.Tensor, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return _pool_backward(grad, x, indices)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.save_for_backward(inputs[2])
+
+    @staticmethod
+    def backward(ctx: Any, grad_of_input_grad: torch.Tensor) -> tuple:
+        (indices,) = ctx.saved_tensors  # linear in grad: its derivative gathers at the argmax
+        gathered = grad_of_input_grad.flatten(-2).gather(-1, indices.flatten(-2)).view(indices.shape)
+        return gathered, None, None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, grad: torch.Tensor, x: torch.Tensor, indices: torch.Tensor) -> tuple:
+        tasks = info.batch_size
+        folded = [
+            fold_channels(tasks_first(t, d, tasks)) for t, d in zip((grad, x, indices), in_dims, strict=True)
+        ]
+        if torch._C._are_functorch_transforms_active():  # more transforms below: fold again there
+            input_grad = _PoolBackward.apply(*folded)
+        else:
+            input_grad = _pool_backward(*folded)
+        return unfold_channels(input_grad, tasks), 0
+
+
+def _pool_backward(grad: torch.Tensor, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
+    )
+
+
+def pool_relu(x: torch.Tensor) -> torch.Tensor:
+    """`F.relu(F.max_pool2d(x, 2))` for (B, C, H, W), staying in the folded layout under vmap. The
+    ONNX tracer gets torch's functions themselves."""
+    if torch.jit.is_tracing():
+        return F.relu(F.max_pool2d(x, 2))
+    return _PoolReLU.apply(x)[0]
