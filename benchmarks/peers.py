@@ -2,8 +2,9 @@
 
 Every peer loops over the tasks of a batch with its own inner-loop machinery (learn2learn's
 ``MAML.clone()/adapt()``, higher's ``innerloop_ctx``, TorchOpt's ``MetaSGD``) on a plain-torch twin
-of the fewsight model: the same weights, with torch's batch norm (batch statistics, no running
-state, as fewsight's transductive norm) in place of fewsight's own. Each step backpropagates the
+of the fewsight model: the same weights, with torch's own layers in place of fewsight's (torch's
+batch norm with batch statistics and no running state, as fewsight's transductive norm; nn.Conv2d;
+torch's max-pool and ReLU), so that the peers run as their users would. Each step backpropagates the
 query loss of every task divided by the task count, as ``MAML.meta_loss`` averages it, and returns
 the meta-gradient by parameter name, so that fewsight.bench checks it against fewsight's before
 timing it (benchmarks/run.py picks up `implementations`).
@@ -26,6 +27,8 @@ from fewsight.algorithms import MAML
 from fewsight.bench import Case, Implementation
 from fewsight.data.episodes import TaskBatch
 from fewsight.nets.batchnorm import TaskBatchNorm
+from fewsight.nets.conv import SameConv2d
+from fewsight.nets.conv4 import ConvBlock
 
 Grads = dict[str, torch.Tensor]
 Loss = Callable[[nn.Module], torch.Tensor]
@@ -42,16 +45,35 @@ class TorchBatchNorm(nn.BatchNorm2d):
         return super().forward(x)
 
 
+class TorchConvBlock(ConvBlock):
+    """Conv4's block with torch's own max-pool and ReLU (fewsight's block pools with its own function)."""
+
+    def forward(self, x: torch.Tensor, context_size: int | None = None, film=None) -> torch.Tensor:
+        return F.relu(F.max_pool2d(self.norm(self.conv(x), context_size), 2))
+
+
 def torch_twin(model: nn.Module) -> nn.Module:
-    """A copy of a fewsight model with torch's batch norm in place of TaskBatchNorm, same weights."""
+    """A copy of a fewsight model with torch's layers in place of fewsight's, same weights."""
     model = copy.deepcopy(model)
     for module in list(model.modules()):
+        if type(module) is ConvBlock:
+            module.__class__ = TorchConvBlock  # the same submodules and weights; torch's pooling
         for name, child in list(module.named_children()):
             if isinstance(child, TaskBatchNorm):
-                norm = TorchBatchNorm(child.weight.shape[0], child.eps, track_running_stats=False)
-                norm.to(child.weight)
-                norm.load_state_dict(child.state_dict())
-                setattr(module, name, norm)
+                layer = TorchBatchNorm(child.weight.shape[0], child.eps, track_running_stats=False)
+            elif isinstance(child, SameConv2d):
+                layer = nn.Conv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    padding=child.padding,
+                    bias=child.bias is not None,
+                )
+            else:
+                continue
+            layer.to(child.weight)
+            layer.load_state_dict(child.state_dict())
+            setattr(module, name, layer)
     return model
 
 

@@ -20,6 +20,7 @@ from benchmarks.time_to_accuracy import (
     summary,
 )
 from fewsight.data import EpisodeSampler, load_omniglot
+from tests.conftest import SHARED_DATA
 
 CPU = torch.device("cpu")
 
@@ -104,3 +105,27 @@ def test_extrapolation_takes_fewsight_steps_at_the_peer_speed_on_the_same_device
         "learn2learn": {"seconds": 600.0, "steps": 300, "from": "fewsight"}
     }
     assert extrapolations({"fewsight": fewsight, "learn2learn": {**peer, "device": "H200"}}) == {}
+
+
+def test_miniimagenet_race_uses_the_maml_papers_setting(tmp_path, capsys):
+    """--dataset miniimagenet: Conv4 of 32 channels on 84x84 images, 5 inner steps of 0.01 (10 at
+    test), 4 tasks a meta-batch, the paper's 48.70% as the default target; on the sample's images."""
+    sample = SHARED_DATA / "miniimagenet-sample"
+    if not sample.is_dir():
+        pytest.skip("../shared/data/miniimagenet-sample is not here")
+    config = maml_config(4, 0, False, "miniimagenet")
+    assert (config.image_size, config.inner_lr, config.inner_steps, config.eval_inner_steps) == (
+        84,
+        0.01,
+        5,
+        10,
+    )
+    out = tmp_path / "tta.json"
+    flags = ["--out", str(out), "--dataset", "miniimagenet", "--data-root", str(sample), "--queries", "4"]
+    flags += ["--contestants", "fewsight"]
+    main([*flags, "--limit", "0.5", "--eval-every", "0.5", "--val-episodes", "1", "--device", "cpu"])
+    results = json.loads(out.read_text())
+    assert results["settings"]["task"] == "miniimagenet 5-way 1-shot, second-order MAML, 4 queries a class"
+    assert results["settings"]["target"] == 0.487 and results["settings"]["meta_batch"] == 4
+    assert results["contestants"]["fewsight"]["rows"][-1]["steps"] >= 1
+    assert "time to 49% validation accuracy" in capsys.readouterr().out
