@@ -271,7 +271,7 @@ def build_learner(config: RunConfig) -> MetaLearner:
             hidden=_conv4_channels(config) // 2,
             image_size=config.image_size,
         )
-        return TaskHypernetwork(backbone, task_encoder, task_encoder.feature_size, transductive)
+        return TaskHypernetwork(backbone, task_encoder, transductive)
     if config.algorithm == "leo":
         return LEO(
             backbone, size, steps=config.inner_steps, inner_lr=config.inner_lr, transductive=transductive

@@ -5,7 +5,7 @@ import torch
 
 import fewsight
 from fewsight.nets import Conv4
-from tests.conftest import assert_meta_training_lowers_the_loss
+from tests.conftest import SHARED_DATA, assert_meta_training_lowers_the_loss
 
 
 def make(name: str, base_classes: int = 0) -> fewsight.ParameterPredictor:
@@ -17,7 +17,7 @@ def make(name: str, base_classes: int = 0) -> fewsight.ParameterPredictor:
             backbone, 64, base_classes=base_classes, base_mix=0.5 * (base_classes > 0)
         )
     if name == "hypernet":
-        return fewsight.TaskHypernetwork(backbone, Conv4(None, hidden=32), 32)
+        return fewsight.TaskHypernetwork(backbone, Conv4(None, hidden=32))
     return fewsight.LEO(backbone, 64, steps=2)
 
 
@@ -61,6 +61,26 @@ def test_hypernetwork_conditions_the_backbone_on_the_task(batch64):
     heads, _ = learner.heads_and_logits(batch64)
     scales = [learner._films(task)[0][0] for task in heads["task"]]
     assert not torch.allclose(scales[0], scales[1])
+
+
+def test_hypernetwork_task_encoding_is_per_channel_on_large_images():
+    """On 84x84 photos the set encoding averages over positions too, so it has one entry per channel
+    of the task encoder, as on Omniglot, and one Adam step moves the FiLM scales by little (with the
+    800 flattened features as inputs, one step took them from 1 to 0.38)."""
+    if not (SHARED_DATA / "miniimagenet-sample").is_dir():
+        pytest.skip("../shared/data/miniimagenet-sample is not here")
+    photos = fewsight.data.load_miniimagenet("test", root=SHARED_DATA / "miniimagenet-sample", progress=False)
+    sampler = fewsight.EpisodeSampler(photos, ways=5, shots=1, queries=2)
+    batch = sampler.sample(1, sampler.generator(0))
+    torch.manual_seed(0)
+    learner = fewsight.TaskHypernetwork(Conv4(None, 3, 64, 84), Conv4(None, 3, 32, 84))
+    assert [film.in_features for film in learner.films] == [32] * 4
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    learner.meta_loss(batch).loss.backward()
+    optimizer.step()
+    heads, _ = learner.heads_and_logits(batch)
+    scales = torch.cat([scale for scale, _ in learner._films(heads["task"][0])])
+    assert 0 < (scales - 1).abs().max() < 0.1
 
 
 def test_weight_prediction_mixes_in_base_class_weights(omniglot_train):
