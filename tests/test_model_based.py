@@ -63,6 +63,24 @@ def test_hypernetwork_conditions_the_backbone_on_the_task(batch64):
     assert not torch.allclose(scales[0], scales[1])
 
 
+def test_hypernetwork_film_can_modulate_but_not_switch_off_the_features(batch64):
+    """However large the generators' outputs, the FiLM scales stay in [0.5, 1.5] and the shifts in
+    [-0.5, 0.5], so the conditioned features stay alive: unbounded, miniImageNet's first steps drove
+    the shifts down until every ReLU was off and training stalled at chance."""
+    torch.manual_seed(0)
+    learner = make("hypernet").double().eval()
+    for film in learner.films:
+        torch.nn.init.normal_(film.weight, std=100.0)
+        torch.nn.init.constant_(film.bias, -100.0)
+    heads, logits = learner.heads_and_logits(batch64)
+    for scale, shift in learner._films(heads["task"][0]):
+        assert scale.min() >= 0.5 and scale.max() <= 1.5
+        assert shift.min() >= -0.5 and shift.max() <= 0.5
+    features = learner.encoder.features(batch64.query_x[0], films=learner._films(heads["task"][0]))
+    assert (features > 0).float().mean() > 0.1
+    assert logits.std(-1).min() > 0  # the classes are still told apart
+
+
 def test_hypernetwork_task_encoding_is_per_channel_on_large_images():
     """On 84x84 photos the set encoding averages over positions too, so it has one entry per channel
     of the task encoder, as on Omniglot, and one Adam step moves the FiLM scales by little (with the

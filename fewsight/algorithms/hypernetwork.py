@@ -39,8 +39,14 @@ class TaskHypernetwork(ParameterPredictor):
             nn.init.zeros_(generator.bias)
 
     def _films(self, task: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each block's FiLM scale, bounded to (0.5, 1.5), and shift, bounded to (-0.5, 0.5).
+
+        Unbounded, on miniImageNet the first steps' huge prototype logits drove the shifts negative
+        until every ReLU was off: the loss sat at ln(ways) for good. Bounded, the generators can
+        only modulate the features, never switch them off; near zero the bounds are the identity.
+        """
         scales_shifts = [film(task).chunk(2) for film in self.films]
-        return [(1 + scale, shift) for scale, shift in scales_shifts]
+        return [(1 + 0.5 * torch.tanh(scale), 0.5 * torch.tanh(shift)) for scale, shift in scales_shifts]
 
     def task_head(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Head:
         features = self.task_encoder(support_x).unflatten(1, (self.task_encoder.channels, -1))
