@@ -1,6 +1,7 @@
 """Checkpoints that survive a crash: written atomically, the last few kept, loaded without running code.
 
-A run folder holds `checkpoint.pt` (the newest) and `checkpoint-STEP.pt` for the last `KEEP` saves.
+A run folder holds `checkpoint.pt` (the newest) and `checkpoint-STEP.pt` for the last `KEEP` saves,
+and `best.pt`, the weights of the best validation score so far (runs that validate).
 Every file is written to a temporary name, flushed to disk and renamed over its target, so a
 process killed at any moment leaves either the old file or the new one, never half of one.
 """
@@ -18,6 +19,7 @@ import torch
 from fewsight.errors import FewsightError
 
 LATEST = "checkpoint.pt"
+BEST = "best.pt"  # the weights that scored best in validation so far, with that step and score
 KEEP = 3
 _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pt$")
 

@@ -222,6 +222,13 @@ def _eval_parser(commands: argparse._SubParsersAction) -> None:
         f"{POPULATION_IMAGES:,} training images, each query normalised on its own (as RFS and "
         "Meta-Baseline score pre-trained backbones); model-based and pretrain runs (default: %(default)s)",
     )
+    parser.add_argument(
+        "--weights",
+        choices=("last", "best"),
+        default="last",
+        help="the run's last checkpoint, or the weights that scored best in validation while it trained "
+        "(best.pt) (default: %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     _common(parser)
 
@@ -460,7 +467,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     from fewsight.distributed import is_main, setup
 
     device = setup(_device(args.device))
-    config, learner = load_model(resolve_run(args.run), device)
+    config, learner = load_model(resolve_run(args.run), device, args.weights)
     if args.metric is not None:
         if not isinstance(learner, ProtoNet):
             raise FewsightError(

@@ -113,7 +113,10 @@ def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[RunCo
     return config, classifier, state["class_names"]
 
 
-def load_model(model: str | Path, device: torch.device | str = "cpu") -> tuple[RunConfig, MetaLearner]:
-    """Config and learner (in eval mode) of a run folder or bundled model."""
-    config, learner = load_learner(resolve_run(model), device)
+def load_model(
+    model: str | Path, device: torch.device | str = "cpu", weights: str = "last"
+) -> tuple[RunConfig, MetaLearner]:
+    """Config and learner (in eval mode) of a run folder or bundled model: its last checkpoint, or its
+    best-validated weights (`weights="best"`)."""
+    config, learner = load_learner(resolve_run(model), device, weights)
     return config, learner.eval()

@@ -23,7 +23,7 @@ from fewsight.algorithms import (
     WeightPrediction,
 )
 from fewsight.algorithms.protonet import METRICS
-from fewsight.checkpoints import LATEST, read_checkpoint, write_atomic
+from fewsight.checkpoints import BEST, LATEST, read_checkpoint, write_atomic
 from fewsight.data import LabelledImages, load_omniglot
 from fewsight.data.folder import labelled_files, load_image_files, split_classes
 from fewsight.data.miniimagenet import load_miniimagenet
@@ -306,21 +306,32 @@ def build_learner(config: RunConfig) -> MetaLearner:
     )
 
 
-def load_checkpoint(folder: Path, device: torch.device | str = "cpu") -> dict:
-    """The run's last checkpoint, loaded without executing code (weights_only)."""
+def load_checkpoint(folder: Path, device: torch.device | str = "cpu", weights: str = "last") -> dict:
+    """The run's last checkpoint (`weights="last"`) or its best-validated weights ("best"), loaded
+    without executing code (weights_only)."""
+    if weights == "best":
+        path = Path(folder) / BEST
+        if not path.is_file():
+            raise FewsightError(
+                f"{folder} has no {BEST}: it is written when validation scores best, and this run has not "
+                "validated (--trainval, or not yet --val-every steps); use --weights last"
+            )
+        return read_checkpoint(path, device)
     path = Path(folder) / LATEST
     if not path.is_file():
         raise FewsightError(f"{folder} has no {LATEST} yet; train it first (fewsight train --out {folder})")
     return read_checkpoint(path, device)
 
 
-def load_learner(folder: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, MetaLearner]:
-    """The config and the trained learner of a run folder."""
+def load_learner(
+    folder: Path, device: torch.device | str = "cpu", weights: str = "last"
+) -> tuple[RunConfig, MetaLearner]:
+    """The config and the trained learner of a run folder (its last or its best-validated weights)."""
     config = RunConfig.load(folder)
     config.validate()
     learner = build_learner(config).to(device)
     try:
-        learner.load_state_dict(load_checkpoint(folder, device)["learner"])
+        learner.load_state_dict(load_checkpoint(folder, device, weights)["learner"])
     except (RuntimeError, TypeError) as error:
         raise FewsightError(f"{folder}: the checkpoint does not fit the run's config.json") from error
     return config, learner

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from fewsight.algorithms import MetaLearner
-from fewsight.checkpoints import save_checkpoint
+from fewsight.checkpoints import BEST, read_checkpoint, save_checkpoint, serialise, write_atomic
 from fewsight.data import EpisodeSampler
 from fewsight.data.augment import augment_tasks
 from fewsight.data.episodes import TaskBatch
@@ -168,6 +168,7 @@ def train(
         config.save(out)
         keep_metrics_until(out / "metrics.jsonl", start)
     last_good = start if state is not None else None
+    best_score = _best_score_until(out / BEST, start)
 
     def diverged(step: int) -> FewsightError:
         kept = f"checkpoint.pt (step {last_good}) is kept" if last_good is not None else "nothing was saved"
@@ -240,6 +241,14 @@ def train(
                             learner, validation, config.val_episodes, config.meta_batch, seed=VALIDATION_SEED
                         )
                         row["val_accuracy"], row["val_ci95"] = accuracy.mean, accuracy.ci95
+                        if accuracy.mean > best_score and main:
+                            best = {
+                                "learner": learner.state_dict(),
+                                "step": step,
+                                "val_accuracy": accuracy.mean,
+                            }
+                            write_atomic(serialise(best), out / BEST)
+                        best_score = max(best_score, accuracy.mean)
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
                     if board is not None:
@@ -262,6 +271,15 @@ def train(
         if board is not None:
             board.close()
     return out
+
+
+def _best_score_until(path: Path, step: int) -> float:
+    """The validation score of `best.pt` if it was saved by step `step` (where a resumed run starts;
+    a later one is overwritten as the run gets there again), else -inf."""
+    if not path.is_file():
+        return -math.inf
+    best = read_checkpoint(path)
+    return float(best["val_accuracy"]) if best["step"] <= step else -math.inf
 
 
 def _tensorboard_writer_class() -> type:

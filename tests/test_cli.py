@@ -45,6 +45,27 @@ def test_train_resume_and_eval(omniglot_train, tmp_path, capsys):
     assert result["episodes"] == 6 and 0 <= result["mean"] <= 1 and result["ci95"] >= 0
 
 
+def test_the_best_validated_weights_are_kept_and_evaluated(omniglot_train, tmp_path, capsys):
+    """best.pt holds the weights of the first best validation score; scoring them again on the same
+    validation episodes gives that score, and a run that never validated says so in one line."""
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "4", *TINY, "--val-every", "1", "--out", str(run)]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best_row = max(rows, key=lambda row: (row["val_accuracy"], -row["step"]))
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert (best["step"], best["val_accuracy"]) == (best_row["step"], best_row["val_accuracy"])
+    capsys.readouterr()
+    rescore = ["eval", str(run), "--weights", "best", "--split", "val", "--seed", "1", "--episodes", "4"]
+    assert main([*rescore, "--batch", "2", "--json", "--quiet", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["mean"] == pytest.approx(best_row["val_accuracy"])
+    unvalidated = tmp_path / "unvalidated"
+    assert main(["train", "--steps", "1", *TINY, "--out", str(unvalidated)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(unvalidated), "--weights", "best", "--quiet", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert "has no best.pt" in error and "--weights last" in error and error.count("\n") == 1
+
+
 def test_resume_refuses_a_changed_setting_and_takes_a_short_command(omniglot_train, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--steps", "1", *TINY, "--inner-lr", "0.2", "--out", str(run)]) == 0
