@@ -4,12 +4,14 @@
 # end of its schedule, then evaluate it on $EPISODES fixed test episodes (5-way, 15 queries per class):
 # 1-shot and 5-shot for the model-based runs, their own shot count for the MAML family. A run that
 # already has a checkpoint is resumed. Several recipes run side by side on one GPU as separate calls.
+# WEIGHTS=best scores the run's best-validated weights (best.pt, RUNS/NAME.eval-Kshot-best.json).
 # Usage: benchmarks/miniimagenet_results.sh RUNS NAME, NAME one of ALGORITHM-1shot or ALGORITHM-5shot
 # (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet weightpred hypernet leo),
 # resnet12-pretrain or metabaseline
 set -u
 runs=${1:?RUNS}; name=${2:?NAME}
 limit=${SECONDS_PER_CALL:-600}; episodes=${EPISODES:-1000}; batch=${EVAL_BATCH:-10}
+weights=${WEIGHTS:-last}; suffix=""; [ "$weights" = best ] && suffix=-best
 common=(--dataset miniimagenet --queries 15 --steps 60000 --log-every 100 --val-every 1000
         --val-episodes 200 --checkpoint-every 500 --quiet)
 # MAML as in Finn et al.: Conv4 with 32 channels, 5 inner steps of 0.01 (10 at test), transductive
@@ -55,7 +57,7 @@ echo "trained for $((SECONDS - start)) s" >>"$runs/$name.log"
 evaluate() {  # shots
   local start=$SECONDS
   python3 -m fewsight eval "$runs/$name" --ways 5 --shots "$1" --queries 15 --episodes "$episodes" \
-    --batch "$batch" --json --quiet >"$runs/$name.eval-${1}shot.json" 2>>"$runs/$name.log"
+    --batch "$batch" --weights "$weights" --json --quiet >"$runs/$name.eval-${1}shot$suffix.json" 2>>"$runs/$name.log"
   echo "evaluated ${1}-shot in $((SECONDS - start)) s" >>"$runs/$name.log"
 }
 case $name in
