@@ -5,6 +5,7 @@
 # 1-shot and 5-shot for the model-based runs, their own shot count for the MAML family. A run that
 # already has a checkpoint is resumed. Several recipes run side by side on one GPU as separate calls.
 # WEIGHTS=best scores the run's best-validated weights (best.pt, RUNS/NAME.eval-Kshot-best.json).
+# EXTRA_FLAGS are added to a new run's training command (e.g. "--cosine-lr --steps 8000"; later flags win).
 # Usage: benchmarks/miniimagenet_results.sh RUNS NAME, NAME one of ALGORITHM-1shot or ALGORITHM-5shot
 # (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet weightpred hypernet leo),
 # resnet12-pretrain or metabaseline
@@ -50,6 +51,8 @@ esac
 [ "${flags[0]}" = train ] && flags+=("${common[@]}")
 [ "$name" = metabaseline ] && flags+=(--steps "${META_STEPS:-2000}" --val-every 500)
 resume=(); [ -f "$runs/$name/checkpoint.pt" ] && resume=(--resume)
+# shellcheck disable=SC2206  # EXTRA_FLAGS is a list of words
+[ -z "${resume[*]}" ] && [ "${flags[0]}" = train ] && flags+=(${EXTRA_FLAGS:-})
 mkdir -p "$runs"
 start=$SECONDS
 timeout -s INT "$limit" python3 -m fewsight "${flags[@]}" --out "$runs/$name" "${resume[@]}" >>"$runs/$name.log" 2>&1

@@ -3,6 +3,7 @@
 # checkpoint) after $SECONDS_PER_CALL seconds so that they resume across calls of a time-limited
 # machine, then evaluated on 1,000 test episodes.
 # Usage: benchmarks/omniglot_results.sh {maml-family|model-based|five-shot|reptile|rest-light|rest-heavy|mamlpp} RUNS_DIR [--resume]
+# ONLY="name name ..." launches only those runs of the family (e.g. ONLY="hypernet-5w1s").
 set -u
 family=${1:?family}; runs=${2:?RUNS_DIR}; resume=${3:-}
 limit=${SECONDS_PER_CALL:-480}
@@ -11,6 +12,7 @@ common=(--dataset omniglot --protocol maml --trainval --steps 60000 --queries 15
 names=()
 launch() {  # name, flags...
   local name=$1; shift
+  [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return
   names+=("$name")
   timeout -s INT "$limit" python3 -m fewsight train "${common[@]}" "$@" --out "$runs/$name" $resume \
     >"$runs/$name.log" 2>&1 &
