@@ -101,6 +101,21 @@ def test_hypernetwork_task_encoding_is_per_channel_on_large_images():
     assert 0 < (scales - 1).abs().max() < 0.1
 
 
+def test_leo_adapted_logits_stay_small_on_wide_features():
+    """On 84x84 photos a Conv4 gives 1,600 features; LEO's decoded weights are scaled by 1/sqrt(1600)
+    so that the logits after its latent steps stay near unit size (unscaled, they started near 40
+    and training diverged), whatever the features' width."""
+    if not (SHARED_DATA / "miniimagenet-sample").is_dir():
+        pytest.skip("../shared/data/miniimagenet-sample is not here")
+    photos = fewsight.data.load_miniimagenet("test", root=SHARED_DATA / "miniimagenet-sample", progress=False)
+    sampler = fewsight.EpisodeSampler(photos, ways=5, shots=1, queries=2)
+    batch = sampler.sample(2, sampler.generator(0))
+    torch.manual_seed(0)
+    wide = fewsight.LEO(Conv4(None, 3, 64, 84), 1600, steps=5)
+    _, logits = wide.heads_and_logits(batch)
+    assert 0 < logits.abs().mean() < 5
+
+
 def test_weight_prediction_mixes_in_base_class_weights(omniglot_train):
     sampler = fewsight.EpisodeSampler(omniglot_train, ways=5, shots=1, queries=2)
     batch = sampler.sample(4, sampler.generator(0))

@@ -56,9 +56,13 @@ class LEO(ParameterPredictor):
         for layer in (self.relation[-1], self.decode):  # start nearly deterministic: small std
             nn.init.constant_(layer.bias[layer.out_features // 2 :], -5.0)
         self.inner_lr = nn.Parameter(torch.tensor(float(inner_lr)))
+        # Decoded weights are scaled by 1/sqrt(feature size), so that logits start near unit size
+        # whatever the features' width (1,600 on 84x84 images made the latent steps explode).
+        self.weight_scale = feature_size**-0.5
 
     def _weights(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _gaussian_sample(self.decode(codes), sample=self.training)
+        weights, kl = _gaussian_sample(self.decode(codes), sample=self.training)
+        return self.weight_scale * weights, kl
 
     def task_head(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Head:
         features = self.embed(support_x)
