@@ -350,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_memory(device, fix: str) -> FewsightError:
+    """The one-line error for a GPU out of memory: how much of the card this process and the others
+    hold (several trainings side by side on one card are the usual cause), and the fix."""
+    import torch
+
+    gib = 2**30
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+    except RuntimeError:  # the card cannot even answer: say what we can
+        return FewsightError(f"out of memory on {device}; {fix}")
+    mine = torch.cuda.memory_reserved(device)
+    others = max(total - free - mine, 0)
+    return FewsightError(
+        f"out of memory on {device} (this run holds {mine / gib:.1f} GiB, other processes "
+        f"{others / gib:.1f} GiB, of {total / gib:.1f}); {fix}, or run fewer processes on the card"
+    )
+
+
 def _device(name: str | None):
     import torch
 
@@ -401,9 +419,7 @@ def _run_train(args: argparse.Namespace) -> None:
     try:
         out = train(config, args.out, args.data_root, device, args.resume, not args.quiet, args.tensorboard)
     except torch.cuda.OutOfMemoryError as error:
-        raise FewsightError(
-            f"out of memory on {device}; lower --meta-batch, --ways, --queries or --inner-steps"
-        ) from error
+        raise _out_of_memory(device, "lower --meta-batch, --ways, --queries or --inner-steps") from error
     from fewsight.distributed import is_main
 
     if is_main():
@@ -424,7 +440,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     try:
         out = pretrain(config, args.out, args.data_root, device, args.resume, not args.quiet)
     except torch.cuda.OutOfMemoryError as error:
-        raise FewsightError(f"out of memory on {device}; lower --batch-size") from error
+        raise _out_of_memory(device, "lower --batch-size") from error
     print(f"pre-trained: {out} (fewsight eval {out}; fewsight train --init {out} ...)")
 
 
@@ -485,9 +501,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     try:
         accuracy = evaluate(learner, sampler, args.episodes, args.batch, args.seed, not args.quiet)
     except torch.cuda.OutOfMemoryError as error:
-        raise FewsightError(
-            f"out of memory on {device} evaluating {args.batch} episodes at once; lower --batch"
-        ) from error
+        raise _out_of_memory(device, f"lower --batch ({args.batch} episodes at once)") from error
     if not is_main():
         return
     if args.json:
