@@ -30,6 +30,15 @@ def batch64(omniglot_train):
     return sampler.sample(3, sampler.generator(0))
 
 
+@pytest.fixture(scope="module")
+def mini_sampler():
+    """5-way 1-shot tasks with 2 queries from the miniImageNet sample's test photos (84x84)."""
+    if not (SHARED_DATA / "miniimagenet-sample").is_dir():
+        pytest.skip("../shared/data/miniimagenet-sample is not here")
+    photos = fewsight.data.load_miniimagenet("test", root=SHARED_DATA / "miniimagenet-sample", progress=False)
+    return fewsight.EpisodeSampler(photos, ways=5, shots=1, queries=2)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_batched_logits_equal_the_per_task_classifier(batch64, name):
     torch.manual_seed(0)
@@ -81,15 +90,11 @@ def test_hypernetwork_film_can_modulate_but_not_switch_off_the_features(batch64)
     assert logits.std(-1).min() > 0  # the classes are still told apart
 
 
-def test_hypernetwork_task_encoding_is_per_channel_on_large_images():
+def test_hypernetwork_task_encoding_is_per_channel_on_large_images(mini_sampler):
     """On 84x84 photos the set encoding averages over positions too, so it has one entry per channel
     of the task encoder, as on Omniglot, and one Adam step moves the FiLM scales by little (with the
     800 flattened features as inputs, one step took them from 1 to 0.38)."""
-    if not (SHARED_DATA / "miniimagenet-sample").is_dir():
-        pytest.skip("../shared/data/miniimagenet-sample is not here")
-    photos = fewsight.data.load_miniimagenet("test", root=SHARED_DATA / "miniimagenet-sample", progress=False)
-    sampler = fewsight.EpisodeSampler(photos, ways=5, shots=1, queries=2)
-    batch = sampler.sample(1, sampler.generator(0))
+    batch = mini_sampler.sample(1, mini_sampler.generator(0))
     torch.manual_seed(0)
     learner = fewsight.TaskHypernetwork(Conv4(None, 3, 64, 84), Conv4(None, 3, 32, 84))
     assert [film.in_features for film in learner.films] == [32] * 4
@@ -101,15 +106,11 @@ def test_hypernetwork_task_encoding_is_per_channel_on_large_images():
     assert 0 < (scales - 1).abs().max() < 0.1
 
 
-def test_leo_adapted_logits_stay_small_on_wide_features():
+def test_leo_adapted_logits_stay_small_on_wide_features(mini_sampler):
     """On 84x84 photos a Conv4 gives 1,600 features; LEO's decoded weights are scaled by 1/sqrt(1600)
     so that the logits after its latent steps stay near unit size (unscaled, they started near 40
     and training diverged), whatever the features' width."""
-    if not (SHARED_DATA / "miniimagenet-sample").is_dir():
-        pytest.skip("../shared/data/miniimagenet-sample is not here")
-    photos = fewsight.data.load_miniimagenet("test", root=SHARED_DATA / "miniimagenet-sample", progress=False)
-    sampler = fewsight.EpisodeSampler(photos, ways=5, shots=1, queries=2)
-    batch = sampler.sample(2, sampler.generator(0))
+    batch = mini_sampler.sample(2, mini_sampler.generator(0))
     torch.manual_seed(0)
     wide = fewsight.LEO(Conv4(None, 3, 64, 84), 1600, steps=5)
     _, logits = wide.heads_and_logits(batch)
