@@ -465,6 +465,23 @@ def _set_population_statistics(
     estimate_population_statistics(learner.encoder, images[chosen])
 
 
+def _protocol(config: RunConfig, learner: MetaLearner, transductive: bool) -> dict:
+    """What the papers report beside a score: backbone and its widths, image size, the ways and shots
+    it was trained with, and whether the queries were normalised together (transductive)."""
+    from fewsight.warmstart import backbone_of
+
+    backbone = backbone_of(learner)
+    widths = getattr(backbone, "block_channels", None) or [backbone.channels] * 4
+    return {
+        "backbone": config.backbone,
+        "widths": widths,
+        "image_size": config.image_size,
+        "trained_ways": config.ways,
+        "trained_shots": config.shots,
+        "transductive": transductive,
+    }
+
+
 def _run_eval(args: argparse.Namespace) -> None:
     import torch
 
@@ -505,11 +522,12 @@ def _run_eval(args: argparse.Namespace) -> None:
     if not is_main():
         return
     if args.json:
-        details = {"split": args.split, "seed": args.seed, "ways": ways, "shots": shots}
+        details = {"split": args.split, "seed": args.seed, "ways": ways, "shots": shots, "queries": queries}
         if isinstance(learner, ProtoNet):
             details["metric"] = learner.metric
         details["norm"] = args.norm
-        print(json.dumps({**asdict(accuracy), **details, "algorithm": config.algorithm}))
+        protocol = _protocol(config, learner, transductive=config.transductive and args.norm == "task")
+        print(json.dumps({**asdict(accuracy), **details, "algorithm": config.algorithm, **protocol}))
     else:
         scored = f" ({learner.metric})" if isinstance(learner, ProtoNet) else ""
         scored += ", population batch-norm statistics" if args.norm == "population" else ""

@@ -43,6 +43,10 @@ def test_train_resume_and_eval(omniglot_train, tmp_path, capsys):
     )
     result = json.loads(capsys.readouterr().out)
     assert result["episodes"] == 6 and 0 <= result["mean"] <= 1 and result["ci95"] >= 0
+    # the protocol the papers report beside a score (Omniglot's Conv4: 64 channels a block, 28x28)
+    assert result["backbone"] == "conv4" and result["widths"] == [64] * 4 and result["image_size"] == 28
+    assert (result["trained_ways"], result["trained_shots"], result["queries"]) == (5, 1, 2)
+    assert result["transductive"] is True
 
 
 def test_the_best_validated_weights_are_kept_and_evaluated(omniglot_train, tmp_path, capsys):

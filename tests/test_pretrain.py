@@ -35,7 +35,9 @@ def test_pretraining_writes_a_run_that_eval_scores(pretrained, capsys):
     assert saved["pretrain"]["augment"] and saved["pretrain"]["epochs"] == 2
     capsys.readouterr()
     assert main(["eval", str(pretrained), *TINY[4:], "--queries", "5", "--episodes", "4", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["algorithm"] == "protonet"
+    result = json.loads(capsys.readouterr().out)
+    assert result["algorithm"] == "protonet" and result["backbone"] == "resnet12"
+    assert result["widths"] == [4, 10, 20, 40]  # ResNet-12's 64-160-320-640 at --width 0.0625
 
 
 def test_resume_ends_with_the_same_weights(pretrained, tmp_path):
