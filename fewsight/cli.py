@@ -47,7 +47,7 @@ _HELP = {
     "multi_step_loss": "MAML++ multi-step loss: the query loss after every inner step, its weights moved "
     "towards the last step over this many meta-steps (0: off; mamlpp: 10%% of --steps)",
     "first_order_steps": "MAML++ derivative-order annealing: first-order meta-gradient for this many "
-    "meta-steps, then second order (mamlpp: a third of --steps)",
+    "meta-steps, then second order (mamlpp: 0 means a third of --steps; 1 is second order at once)",
     "task_chunk": "memory: meta-gradient of this many tasks at a time, each chunk's graph freed before "
     "the next (same result; 0: the whole meta-batch at once)",
     "backbone": "conv4 (the papers' four blocks) or resnet12 (64-160-320-640, as MetaOptNet and RFS)",
