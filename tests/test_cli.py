@@ -164,8 +164,12 @@ def test_unknown_algorithm_is_refused_by_the_parser(capsys):
 @pytest.mark.parametrize(
     "algorithm", ["fomaml", "metasgd", "anil", "reptile", "protonet", "weightpred", "hypernet", "leo"]
 )
-def test_every_algorithm_trains_and_evaluates_from_the_cli(omniglot_train, tmp_path, algorithm):
+def test_every_algorithm_trains_and_evaluates_from_the_cli(omniglot_train, tmp_path, algorithm, capsys):
     run = tmp_path / algorithm
     extra = ["--base-mix", "0.5"] if algorithm == "weightpred" else []
     assert main(["train", "--algorithm", algorithm, "--steps", "2", *TINY, *extra, "--out", str(run)]) == 0
-    assert main(["eval", str(run), "--episodes", "4", "--batch", "4", "--quiet", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    evaluate = ["eval", str(run), "--episodes", "4", "--batch", "4", "--json", "--quiet", "--device", "cpu"]
+    assert main(evaluate) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["algorithm"] == algorithm and result["widths"] == [64] * 4

@@ -117,6 +117,19 @@ def test_leo_adapted_logits_stay_small_on_wide_features(mini_sampler):
     assert 0 < logits.abs().mean() < 5
 
 
+def test_leo_runs_saved_before_the_weight_scale_load_unscaled():
+    """A LEO saved before its decoded weights were scaled (no weight_scale in its state) loads with
+    scale 1, so it classifies as it was trained; a new one keeps its 1/sqrt(feature size)."""
+    saved = fewsight.LEO(Conv4(None), 64).state_dict()
+    assert saved["weight_scale"] == 64**-0.5
+    older = {name: value for name, value in saved.items() if name != "weight_scale"}
+    learner = fewsight.LEO(Conv4(None), 64)
+    learner.load_state_dict(older)
+    assert learner.weight_scale == 1.0
+    learner.load_state_dict(saved)
+    assert learner.weight_scale == 64**-0.5
+
+
 def test_weight_prediction_mixes_in_base_class_weights(omniglot_train):
     sampler = fewsight.EpisodeSampler(omniglot_train, ways=5, shots=1, queries=2)
     batch = sampler.sample(4, sampler.generator(0))

@@ -28,6 +28,11 @@ def _gaussian_sample(parameters: torch.Tensor, sample: bool) -> tuple[torch.Tens
     return value, kl
 
 
+def _unscaled_if_older(module, state_dict, prefix, *args) -> None:
+    """Load a LEO saved before its decoded weights were scaled with the scale it was trained with (1)."""
+    state_dict.setdefault(prefix + "weight_scale", torch.tensor(1.0))
+
+
 class LEO(ParameterPredictor):
     """Per-class latent codes z_c (size `latent`) -> decoded head weights; `steps` latent steps.
 
@@ -57,8 +62,10 @@ class LEO(ParameterPredictor):
             nn.init.constant_(layer.bias[layer.out_features // 2 :], -5.0)
         self.inner_lr = nn.Parameter(torch.tensor(float(inner_lr)))
         # Decoded weights are scaled by 1/sqrt(feature size), so that logits start near unit size
-        # whatever the features' width (1,600 on 84x84 images made the latent steps explode).
-        self.weight_scale = feature_size**-0.5
+        # whatever the features' width (1,600 on 84x84 images made the latent steps explode). Saved
+        # with the weights: runs written before the scale existed load with 1, as they were trained.
+        self.register_buffer("weight_scale", torch.tensor(feature_size**-0.5))
+        self.register_load_state_dict_pre_hook(_unscaled_if_older)
 
     def _weights(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weights, kl = _gaussian_sample(self.decode(codes), sample=self.training)
