@@ -60,6 +60,7 @@ case $family in
     launch weightpred-5w5s --algorithm weightpred --ways 5 --shots 5 --meta-batch 32
     launch weightpred-20w5s --algorithm weightpred --ways 20 --shots 5 --meta-batch 16
     launch leo-5w5s --algorithm leo --ways 5 --shots 5 --meta-batch 32 --inner-steps 5 --inner-lr 1.0
+    launch leo-20w5s --algorithm leo --ways 20 --shots 5 --meta-batch 16 --inner-steps 5 --inner-lr 1.0
     ;;
   rest-heavy)
     # First-order MAML, Meta-SGD and ANIL at 20 ways (MAML's settings: 5 inner steps of 0.1); about
