@@ -470,11 +470,9 @@ def _protocol(config: RunConfig, learner: MetaLearner, transductive: bool) -> di
     it was trained with, and whether the queries were normalised together (transductive)."""
     from fewsight.warmstart import backbone_of
 
-    backbone = backbone_of(learner)
-    widths = getattr(backbone, "block_channels", None) or [backbone.channels] * 4
     return {
         "backbone": config.backbone,
-        "widths": widths,
+        "widths": backbone_of(learner).block_channels,
         "image_size": config.image_size,
         "trained_ways": config.ways,
         "trained_shots": config.shots,
