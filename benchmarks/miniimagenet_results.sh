@@ -5,7 +5,8 @@
 # 1-shot and 5-shot for the model-based runs, their own shot count for the MAML family. A run that
 # already has a checkpoint is resumed. Several recipes run side by side on one GPU as separate calls.
 # WEIGHTS=best scores the run's best-validated weights (best.pt, RUNS/NAME.eval-Kshot-best.json).
-# EXTRA_FLAGS are added to a new run's training command (e.g. "--cosine-lr --steps 8000"; later flags win).
+# EXTRA_FLAGS are added to a new run's training command (e.g. "--cosine-lr --steps 8000"; later flags win);
+# a resumed run keeps its settings and length (60,000 steps unless EXTRA_FLAGS said otherwise).
 # Usage: benchmarks/miniimagenet_results.sh RUNS NAME, NAME one of ALGORITHM-1shot or ALGORITHM-5shot
 # (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet weightpred hypernet leo),
 # resnet12-pretrain or metabaseline
@@ -13,7 +14,7 @@ set -u
 runs=${1:?RUNS}; name=${2:?NAME}
 limit=${SECONDS_PER_CALL:-600}; episodes=${EPISODES:-1000}; batch=${EVAL_BATCH:-10}
 weights=${WEIGHTS:-last}; suffix=""; [ "$weights" = best ] && suffix=-best
-common=(--dataset miniimagenet --queries 15 --steps 60000 --log-every 100 --val-every 1000
+common=(--dataset miniimagenet --queries 15 --log-every 100 --val-every 1000
         --val-episodes 200 --checkpoint-every 500 --quiet)
 # MAML as in Finn et al.: Conv4 with 32 channels, 5 inner steps of 0.01 (10 at test), transductive
 # batch norm, 4 tasks a meta-batch (the paper uses 2 for 5-shot).
@@ -49,10 +50,12 @@ case $name in
   *) echo "unknown recipe $name" >&2; exit 2 ;;
 esac
 [ "${flags[0]}" = train ] && flags+=("${common[@]}")
-[ "$name" = metabaseline ] && flags+=(--steps "${META_STEPS:-2000}" --val-every 500)
+[ "$name" = metabaseline ] && flags+=(--val-every 500)
+# A new run's length and EXTRA_FLAGS; a resumed run keeps its own (so its cosine schedule is unchanged).
+length=(--steps 60000); [ "$name" = metabaseline ] && length=(--steps "${META_STEPS:-2000}")
 resume=(); [ -f "$runs/$name/checkpoint.pt" ] && resume=(--resume)
 # shellcheck disable=SC2206  # EXTRA_FLAGS is a list of words
-[ -z "${resume[*]}" ] && [ "${flags[0]}" = train ] && flags+=(${EXTRA_FLAGS:-})
+[ -z "${resume[*]}" ] && [ "${flags[0]}" = train ] && flags+=("${length[@]}" ${EXTRA_FLAGS:-})
 mkdir -p "$runs"
 start=$SECONDS
 timeout -s INT "$limit" python3 -m fewsight "${flags[@]}" --out "$runs/$name" "${resume[@]}" >>"$runs/$name.log" 2>&1

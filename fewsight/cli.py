@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
 _DEFAULTS = RunConfig()
 _RESOLVED_LATER = ("image_size", "inner_steps", "eval_inner_steps")  # their defaults depend on other flags
+_KEPT_ON_RESUME = ("steps", "epochs")  # a run's length: left out of a --resume command, the run's own
 MAMLPP_INNER_STEPS = 5  # as in the MAML++ paper, at training and test time
 POPULATION_IMAGES = 10_000  # training images behind eval --norm population
 _HELP = {
@@ -29,7 +31,7 @@ _HELP = {
     "shots": "labelled support images per class (K)",
     "queries": "query images per class (Q)",
     "meta_batch": "tasks per meta-update (T)",
-    "steps": "meta-updates in all (raise it with --resume to train longer)",
+    "steps": "meta-updates in all (with --resume: raise it to train longer)",
     "inner_lr": "step size of the inner gradient steps (leo: initial latent step size)",
     "inner_steps": "inner gradient steps while meta-training (leo: latent steps, always) "
     f"(default: {_DEFAULTS.inner_steps}; mamlpp: {MAMLPP_INNER_STEPS})",
@@ -66,7 +68,8 @@ def _config_flags(
     unset: tuple[str, ...] = ("image_size",),
 ) -> None:
     """One flag per setting of a config dataclass that has a help text (--snake-case); the `unset`
-    ones default to None (their default depends on other flags)."""
+    ones default to None (their default depends on other flags), and so do the _KEPT_ON_RESUME ones
+    (a new run gets the dataclass's default, a resumed one keeps its own)."""
     for field in fields(defaults):
         if field.name not in helps:
             continue
@@ -75,9 +78,9 @@ def _config_flags(
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
             type=type(default),
-            default=None if field.name in unset else default,
+            default=None if field.name in unset or field.name in _KEPT_ON_RESUME else default,
             choices=_CHOICES.get(field.name),
-            help=helps[field.name] + ("" if hidden else " (default: %(default)s)"),
+            help=helps[field.name] + ("" if hidden else f" (default: {default})"),
         )
 
 
@@ -149,7 +152,7 @@ _PRETRAIN_HELP = {
     "backbone": _HELP["backbone"],
     "width": _HELP["width"],
     "drop_rate": _HELP["drop_rate"] + ", ramped up from 0 over the first half (default: 0.1 for resnet12)",
-    "epochs": "passes over the training images (raise it with --resume to train longer)",
+    "epochs": "passes over the training images (with --resume: raise it to train longer)",
     "batch_size": "images per SGD step",
     "lr": "initial learning rate of SGD (momentum 0.9), decayed to 0 along a cosine",
     "weight_decay": "SGD's weight decay",
@@ -395,6 +398,9 @@ def _settings(args: argparse.Namespace, config_class: type) -> dict:
     from fewsight.runs import DATASETS, DEFAULT_IMAGE_SIZE
 
     values = {f.name: getattr(args, f.name) for f in fields(config_class) if hasattr(args, f.name)}
+    for name in _KEPT_ON_RESUME:
+        if name in values and values[name] is None:  # 1: a resumed run keeps its own, the longer
+            values[name] = 1 if args.resume else getattr(config_class(), name)
     if args.dataset not in DATASETS and Path(args.dataset).exists():
         values["dataset"] = str(Path(args.dataset).resolve())
     if values["image_size"] is None:
@@ -638,6 +644,18 @@ def _run_bench(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv`; returns the exit status (2 for a problem it explains on stderr)."""
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run_command(args)
+
+
+def _show_warning(message: Warning | str, *_: object, **__: object) -> None:
+    """A warning on one line, as an error is (no file name or source line)."""
+    print(f"fewsight: warning: {message}", file=sys.stderr)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; returns the exit status (2 for a problem it explains on stderr)."""
     try:
         commands = {
             "train": _run_train,

@@ -116,7 +116,8 @@ def pretrain(
     progress: bool = True,
 ) -> Path:
     """Pre-train into the run folder `out` (or continue it with resume=True, where `epochs` may be
-    raised; the cosine schedule then stretches to the new length); returns the folder.
+    raised: the run's own or config.epochs, the longer, the cosine schedule stretching to the new
+    length); returns the folder.
 
     Resuming without a change ends with the same weights as an uninterrupted run (bit for bit on the
     CPU). Ctrl-C or SIGTERM finishes the step and saves a checkpoint first.
@@ -129,7 +130,7 @@ def pretrain(
         given, config = config, PretrainConfig.load(out)
         bookkeeping = ("log_every", "val_episodes", "checkpoint_every")  # may change on resume
         runfolder.merge_resume_settings(given, config, bookkeeping, handled=("epochs",))
-        config.epochs = max(config.epochs, epochs)
+        config.epochs = runfolder.resumed_length(config.epochs, epochs, "epochs", cosine=True)
         why_not = "fewsight pretrain did not write it, so it cannot be resumed"
         state = runfolder.resumable_checkpoint(out, _RESUMABLE, device, why_not)
     else:

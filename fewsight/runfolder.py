@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -64,6 +65,20 @@ def merge_resume_settings(
     for name in set_here:
         if name in adjustable:
             setattr(saved, name, getattr(given, name))
+
+
+def resumed_length(saved: int, asked: int, unit: str, cosine: bool) -> int:
+    """A resumed run's length in `unit` (steps, epochs): the longer of its own and the one asked for,
+    so a run may be extended but never cut. A cosine schedule spans the new length from then on: its
+    rate jumps back up, which changes what the run learns, so say so."""
+    if asked > saved and cosine:
+        warnings.warn(
+            f"--{unit} {asked} extends this run from {saved} {unit}: its cosine learning-rate schedule "
+            f"now spans {asked} {unit}, so the rate rises again from here (leave --{unit} out to keep "
+            f"the run's own {saved})",
+            stacklevel=2,
+        )
+    return max(saved, asked)
 
 
 def resumable_checkpoint(out: Path, keys: tuple[str, ...], device: torch.device, why_not: str) -> dict:

@@ -32,6 +32,7 @@ from fewsight.runfolder import (
     random_states,
     restore_random_states,
     resumable_checkpoint,
+    resumed_length,
 )
 from fewsight.runs import MODEL_BASED, RunConfig, assign_classes, build_learner, load_split, mamlpp_preset
 from fewsight.schedules import cosine_lr
@@ -103,8 +104,9 @@ def train(
 ) -> Path:
     """Meta-train into the run folder `out` (or continue it with resume=True); returns the folder.
 
-    With resume, the folder's saved settings are used, except `steps`, which may be raised; the
-    resumed run ends with the same weights as an uninterrupted one (bit for bit on the CPU).
+    With resume, the folder's saved settings are used, except `steps`: the run's own or config.steps,
+    the longer; the resumed run ends with the same weights as an uninterrupted one (bit for bit on the
+    CPU).
     Ctrl-C or SIGTERM finishes the current step and saves a checkpoint first. With tensorboard=True,
     every metrics row is also written as TensorBoard scalars under RUN/tensorboard. A non-finite loss or
     weight stops training with a FewsightError; no checkpoint holding one is ever written.
@@ -118,7 +120,7 @@ def train(
         given, config = config, RunConfig.load(out)
         merge_resume_settings(given, config, _BOOKKEEPING, handled=("steps", "cuda_graphs"))
         config.validate()
-        config.steps = max(config.steps, steps)
+        config.steps = resumed_length(config.steps, steps, "steps", config.cosine_lr)
         config.cuda_graphs = cuda_graphs  # how to run, not what to learn: the graph does the same math
         why_not = "an older fewsight wrote it; fewsight eval reads it, but it cannot be resumed"
         state = resumable_checkpoint(out, _RESUMABLE, device, why_not)

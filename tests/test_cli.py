@@ -107,6 +107,23 @@ def test_resume_refuses_a_changed_setting_and_takes_a_short_command(omniglot_tra
     assert [row["step"] for row in metrics(run)] == [1, 2, 3, 6]  # logged every 3 steps from then on
 
 
+def test_resume_keeps_the_run_length_unless_raised_and_warns_of_a_stretched_cosine(
+    omniglot_train, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--cosine-lr", *TINY, "--out", str(run)]) == 0
+    assert main(["train", "--quiet", "--device", "cpu", "--out", str(run), "--resume"]) == 0
+    assert RunConfig.load(run).steps == 2  # not the 60,000 of a new run: the schedule is unchanged
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2
+    capsys.readouterr()
+    assert main(["train", "--steps", "3", "--quiet", "--device", "cpu", "--out", str(run), "--resume"]) == 0
+    error = capsys.readouterr().err
+    assert error.startswith("fewsight: warning: --steps 3 extends this run from 2 steps")
+    assert error.count("\n") == 1  # one line, no file name or source line
+    assert RunConfig.load(run).steps == 3
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
 def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     main(["train", "--steps", "4", *TINY, "--out", str(whole)])
