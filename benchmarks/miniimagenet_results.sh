@@ -3,7 +3,8 @@
 # CUDA_VISIBLE_DEVICES picks, stopped (with a checkpoint) after $SECONDS_PER_CALL seconds or at the
 # end of its schedule, then evaluate it on $EPISODES fixed test episodes (5-way, 15 queries per class):
 # 1-shot and 5-shot for the model-based runs, their own shot count for the MAML family. A run that
-# already has a checkpoint is resumed. Several recipes run side by side on one GPU as separate calls.
+# already exists is resumed (from its checkpoint, or from step 0 if it stopped before its first).
+# Several recipes run side by side on one GPU as separate calls.
 # WEIGHTS=best scores the run's best-validated weights (best.pt, RUNS/NAME.eval-Kshot-best.json).
 # EXTRA_FLAGS are added to a new run's training command (e.g. "--cosine-lr --steps 8000"; later flags win);
 # a resumed run keeps its settings and length (60,000 steps unless EXTRA_FLAGS said otherwise).
@@ -53,7 +54,7 @@ esac
 [ "$name" = metabaseline ] && flags+=(--val-every 500)
 # A new run's length and EXTRA_FLAGS; a resumed run keeps its own (so its cosine schedule is unchanged).
 length=(--steps 60000); [ "$name" = metabaseline ] && length=(--steps "${META_STEPS:-2000}")
-resume=(); [ -f "$runs/$name/checkpoint.pt" ] && resume=(--resume)
+resume=(); [ -f "$runs/$name/config.json" ] && resume=(--resume)
 # shellcheck disable=SC2206  # EXTRA_FLAGS is a list of words
 [ -z "${resume[*]}" ] && [ "${flags[0]}" = train ] && flags+=("${length[@]}" ${EXTRA_FLAGS:-})
 mkdir -p "$runs"

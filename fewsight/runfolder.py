@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fewsight.checkpoints import write_atomic
+from fewsight.checkpoints import LATEST, write_atomic
 from fewsight.errors import FewsightError
 from fewsight.runs import load_checkpoint
 
@@ -81,9 +81,17 @@ def resumed_length(saved: int, asked: int, unit: str, cosine: bool) -> int:
     return max(saved, asked)
 
 
-def resumable_checkpoint(out: Path, keys: tuple[str, ...], device: torch.device, why_not: str) -> dict:
+def resumable_checkpoint(out: Path, keys: tuple[str, ...], device: torch.device, why_not: str) -> dict | None:
     """The run's last checkpoint, which must hold every one of `keys` to be resumed; if it lacks
-    some, a FewsightError: "OUT/checkpoint.pt has no KEYS (`why_not`)"."""
+    some, a FewsightError: "OUT/checkpoint.pt has no KEYS (`why_not`)". None, with a warning, for a
+    run stopped before its first checkpoint: it starts again from step 0 with its saved settings."""
+    if not (out / LATEST).is_file():
+        warnings.warn(
+            f"{out} has no {LATEST} yet (it stopped before its first one): starting it again from "
+            "step 0 with its saved settings",
+            stacklevel=2,
+        )
+        return None
     state = load_checkpoint(out, device)
     missing = [key for key in keys if key not in state]
     if missing:

@@ -124,6 +124,19 @@ def test_resume_keeps_the_run_length_unless_raised_and_warns_of_a_stretched_cosi
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(omniglot_train, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "1", *TINY, "--inner-lr", "0.2", "--out", str(run)]) == 0
+    (run / "checkpoint.pt").unlink()  # as if killed before it wrote one: config.json and metrics stay
+    capsys.readouterr()
+    assert main(["train", "--steps", "2", "--quiet", "--device", "cpu", "--out", str(run), "--resume"]) == 0
+    error = capsys.readouterr().err
+    assert "warning:" in error and "no checkpoint.pt yet" in error and error.count("\n") == 1
+    assert RunConfig.load(run).inner_lr == 0.2  # the saved settings, not the defaults
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert [row["step"] for row in metrics(run)] == [1, 2]  # the lost step's row is not kept twice
+
+
 def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     main(["train", "--steps", "4", *TINY, "--out", str(whole)])
