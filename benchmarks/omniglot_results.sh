@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The Omniglot runs behind docs/RESULTS.md, side by side on one GPU, each stopped (with a
 # checkpoint) after $SECONDS_PER_CALL seconds so that they resume across calls of a time-limited
-# machine, then evaluated on 1,000 test episodes.
-# Usage: benchmarks/omniglot_results.sh {maml-family|model-based|five-shot|reptile|rest-light|rest-heavy|mamlpp} RUNS_DIR [--resume]
+# machine, then evaluated on 1,000 test episodes. A run whose folder exists is resumed (its settings
+# and length kept; from step 0 if it stopped before its first checkpoint).
+# Usage: benchmarks/omniglot_results.sh {maml-family|model-based|five-shot|reptile|rest-light|rest-heavy|mamlpp} RUNS_DIR
 # ONLY="name name ..." launches only those runs of the family (e.g. ONLY="hypernet-5w1s").
 set -u
-family=${1:?family}; runs=${2:?RUNS_DIR}; resume=${3:-}
+family=${1:?family}; runs=${2:?RUNS_DIR}
 limit=${SECONDS_PER_CALL:-480}
-common=(--dataset omniglot --protocol maml --trainval --steps 60000 --queries 15 --log-every 100
-        --checkpoint-every 500 --quiet)
+common=(--dataset omniglot --protocol maml --trainval --queries 15 --log-every 100 --checkpoint-every 500
+        --quiet)
 names=()
 launch() {  # name, flags...
   local name=$1; shift
   [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return
   names+=("$name")
-  timeout -s INT "$limit" python3 -m fewsight train "${common[@]}" "$@" --out "$runs/$name" $resume \
+  local length=(--steps 60000); [ -f "$runs/$name/config.json" ] && length=(--resume)
+  timeout -s INT "$limit" python3 -m fewsight train "${common[@]}" "${length[@]}" "$@" --out "$runs/$name" \
     >"$runs/$name.log" 2>&1 &
 }
 mkdir -p "$runs"
