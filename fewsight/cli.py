@@ -493,7 +493,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     from fewsight.data import EpisodeSampler
     from fewsight.evaluate import evaluate
     from fewsight.models import load_model, max_ways, resolve_run
-    from fewsight.runs import check_seed, load_split
+    from fewsight.runs import check_seed, checkpoint_step, load_split
 
     if args.episodes < 1 or args.batch < 1:
         raise FewsightError("--episodes and --batch must be at least 1")
@@ -530,6 +530,8 @@ def _run_eval(args: argparse.Namespace) -> None:
         if isinstance(learner, ProtoNet):
             details["metric"] = learner.metric
         details["norm"] = args.norm
+        details["weights"] = args.weights
+        details["step"] = checkpoint_step(resolve_run(args.run), args.weights)
         protocol = _protocol(config, learner, transductive=config.transductive and args.norm == "task")
         print(json.dumps({**asdict(accuracy), **details, "algorithm": config.algorithm, **protocol}))
     else:

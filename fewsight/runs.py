@@ -323,6 +323,13 @@ def load_checkpoint(folder: Path, device: torch.device | str = "cpu", weights: s
     return read_checkpoint(path, device)
 
 
+def checkpoint_step(folder: Path, weights: str = "last") -> int | None:
+    """The training step of the weights `load_checkpoint` gives (which `eval --json` records, as best.pt
+    may be older than the run); None for a checkpoint that records none (a bundled model)."""
+    step = load_checkpoint(folder, "cpu", weights).get("step")
+    return None if step is None else int(step)
+
+
 def load_learner(
     folder: Path, device: torch.device | str = "cpu", weights: str = "last"
 ) -> tuple[RunConfig, MetaLearner]:

@@ -47,6 +47,7 @@ def test_train_resume_and_eval(omniglot_train, tmp_path, capsys):
     assert result["backbone"] == "conv4" and result["widths"] == [64] * 4 and result["image_size"] == 28
     assert (result["trained_ways"], result["trained_shots"], result["queries"]) == (5, 1, 2)
     assert result["transductive"] is True
+    assert (result["weights"], result["step"]) == ("last", 3)
 
 
 def test_the_best_validated_weights_are_kept_and_evaluated(omniglot_train, tmp_path, capsys):
@@ -61,7 +62,9 @@ def test_the_best_validated_weights_are_kept_and_evaluated(omniglot_train, tmp_p
     capsys.readouterr()
     rescore = ["eval", str(run), "--weights", "best", "--split", "val", "--seed", "1", "--episodes", "4"]
     assert main([*rescore, "--batch", "2", "--json", "--quiet", "--device", "cpu"]) == 0
-    assert json.loads(capsys.readouterr().out)["mean"] == pytest.approx(best_row["val_accuracy"])
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["mean"] == pytest.approx(best_row["val_accuracy"])
+    assert (scored["weights"], scored["step"]) == ("best", best_row["step"])  # which weights were scored
     unvalidated = tmp_path / "unvalidated"
     assert main(["train", "--steps", "1", *TINY, "--out", str(unvalidated)]) == 0
     capsys.readouterr()
