@@ -15,8 +15,8 @@ launch() {  # name, flags...
   local name=$1; shift
   [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return
   names+=("$name")
-  local length=(--steps 60000); [ -f "$runs/$name/config.json" ] && length=(--resume)
-  timeout -s INT "$limit" python3 -m fewsight train "${common[@]}" "${length[@]}" "$@" --out "$runs/$name" \
+  local new_or_resume=(--steps 60000); [ -f "$runs/$name/config.json" ] && new_or_resume=(--resume)
+  timeout -s INT "$limit" python3 -m fewsight train "${common[@]}" "${new_or_resume[@]}" "$@" --out "$runs/$name" \
     >"$runs/$name.log" 2>&1 &
 }
 mkdir -p "$runs"
