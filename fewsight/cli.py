@@ -471,17 +471,19 @@ def _set_population_statistics(
     estimate_population_statistics(learner.encoder, images[chosen])
 
 
-def _protocol(config: RunConfig, learner: MetaLearner, transductive: bool) -> dict:
-    """What the papers report beside a score: backbone and its widths, image size, the ways and shots
-    it was trained with, and whether the queries were normalised together (transductive)."""
+def _protocol(config: RunConfig, learner: MetaLearner, transductive: bool, pretrained: bool) -> dict:
+    """What the papers report beside a score: backbone and its widths, image size, how it was trained
+    (the ways and shots of its episodes, or supervised pre-training on all training classes, whose
+    ways and shots are null), and whether the queries were normalised together (transductive)."""
     from fewsight.warmstart import backbone_of
 
     return {
         "backbone": config.backbone,
         "widths": backbone_of(learner).block_channels,
         "image_size": config.image_size,
-        "trained_ways": config.ways,
-        "trained_shots": config.shots,
+        "training": "pretrain" if pretrained else "episodic",
+        "trained_ways": None if pretrained else config.ways,
+        "trained_shots": None if pretrained else config.shots,
         "transductive": transductive,
     }
 
@@ -493,6 +495,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     from fewsight.data import EpisodeSampler
     from fewsight.evaluate import evaluate
     from fewsight.models import load_model, max_ways, resolve_run
+    from fewsight.pretrain import is_pretrain_run
     from fewsight.runs import check_seed, checkpoint_step, load_split
 
     if args.episodes < 1 or args.batch < 1:
@@ -532,7 +535,8 @@ def _run_eval(args: argparse.Namespace) -> None:
         details["norm"] = args.norm
         details["weights"] = args.weights
         details["step"] = checkpoint_step(resolve_run(args.run), args.weights)
-        protocol = _protocol(config, learner, transductive=config.transductive and args.norm == "task")
+        transductive = config.transductive and args.norm == "task"
+        protocol = _protocol(config, learner, transductive, is_pretrain_run(resolve_run(args.run)))
         print(json.dumps({**asdict(accuracy), **details, "algorithm": config.algorithm, **protocol}))
     else:
         scored = f" ({learner.metric})" if isinstance(learner, ProtoNet) else ""

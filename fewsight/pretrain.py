@@ -98,13 +98,19 @@ class PretrainConfig:
     @classmethod
     def load(cls, folder: Path) -> PretrainConfig:
         RunConfig.load(folder)  # a one-line error for a missing or unreadable config.json
-        saved = json.loads((Path(folder) / "config.json").read_text())
-        if not isinstance(saved.get("pretrain"), dict):
+        if not is_pretrain_run(folder):
             raise FewsightError(
                 f"{folder} is a training run, not a pre-training run; resume it with fewsight train"
             )
+        saved = json.loads((Path(folder) / "config.json").read_text())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in saved["pretrain"].items() if k in known})
+
+
+def is_pretrain_run(folder: str | os.PathLike) -> bool:
+    """Whether the run folder holds a `fewsight pretrain` run (its config.json has "pretrain")."""
+    saved = json.loads((Path(folder) / "config.json").read_text())
+    return isinstance(saved.get("pretrain"), dict)
 
 
 def pretrain(

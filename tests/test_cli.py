@@ -45,7 +45,8 @@ def test_train_resume_and_eval(omniglot_train, tmp_path, capsys):
     assert result["episodes"] == 6 and 0 <= result["mean"] <= 1 and result["ci95"] >= 0
     # the protocol the papers report beside a score (Omniglot's Conv4: 64 channels a block, 28x28)
     assert result["backbone"] == "conv4" and result["widths"] == [64] * 4 and result["image_size"] == 28
-    assert (result["trained_ways"], result["trained_shots"], result["queries"]) == (5, 1, 2)
+    assert (result["training"], result["trained_ways"], result["trained_shots"]) == ("episodic", 5, 1)
+    assert result["queries"] == 2
     assert result["transductive"] is True
     assert (result["weights"], result["step"]) == ("last", 3)
 

@@ -38,6 +38,8 @@ def test_pretraining_writes_a_run_that_eval_scores(pretrained, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["algorithm"] == "protonet" and result["backbone"] == "resnet12"
     assert result["widths"] == [4, 10, 20, 40]  # ResNet-12's 64-160-320-640 at --width 0.0625
+    # trained on all training classes at once, not on episodes: no ways or shots to report
+    assert (result["training"], result["trained_ways"], result["trained_shots"]) == ("pretrain", None, None)
 
 
 def test_resume_ends_with_the_same_weights(pretrained, tmp_path):
