@@ -9,7 +9,7 @@
 # EXTRA_FLAGS are added to a new run's training command (e.g. "--cosine-lr --steps 8000"; later flags win);
 # a resumed run keeps its settings and length (60,000 steps unless EXTRA_FLAGS said otherwise).
 # Usage: benchmarks/miniimagenet_results.sh RUNS NAME, NAME one of ALGORITHM-1shot or ALGORITHM-5shot
-# (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet weightpred hypernet leo),
+# (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet protonet-bn weightpred hypernet leo),
 # resnet12-pretrain or metabaseline
 set -u
 runs=${1:?RUNS}; name=${2:?NAME}
@@ -28,6 +28,10 @@ case $name in
   # Weight prediction and the hypernetwork train the same way (their heads start as ProtoNet's).
   protonet-[15]shot|weightpred-[15]shot|hypernet-[15]shot)
     flags=(train --algorithm "${name%-*}" --non-transductive "${episodic[@]}") ;;
+  # The paper's own protocol: trained on the statistics of each episode's support and query images
+  # together (transductive), scored with fixed statistics (below), as its network in eval mode.
+  protonet-bn-[15]shot)
+    flags=(train --algorithm protonet "${episodic[@]}") ;;
   # The MAML family with MAML's settings (MAML++ is --algorithm mamlpp with all its switches).
   maml-[15]shot|fomaml-[15]shot|metasgd-[15]shot|anil-[15]shot|mamlpp-[15]shot)
     flags=(train --algorithm "${name%-*}" "${maml[@]}" --shots "$shots") ;;
@@ -61,14 +65,17 @@ mkdir -p "$runs"
 start=$SECONDS
 timeout -s INT "$limit" python3 -m fewsight "${flags[@]}" --out "$runs/$name" "${resume[@]}" >>"$runs/$name.log" 2>&1
 echo "trained for $((SECONDS - start)) s" >>"$runs/$name.log"
-evaluate() {  # shots
-  local start=$SECONDS
+evaluate() {  # shots [norm]: the model-based runs are also scored with fixed (population)
+  local start=$SECONDS norm=${2:-task} tag=""  # batch-norm statistics, RUNS/NAME.eval-Kshot-population.json
+  [ "$norm" = population ] && tag=-population
   python3 -m fewsight eval "$runs/$name" --ways 5 --shots "$1" --queries 15 --episodes "$episodes" \
-    --batch "$batch" --weights "$weights" --json --quiet >"$runs/$name.eval-${1}shot$suffix.json" 2>>"$runs/$name.log"
-  echo "evaluated ${1}-shot in $((SECONDS - start)) s" >>"$runs/$name.log"
+    --batch "$batch" --weights "$weights" --norm "$norm" --json --quiet \
+    >"$runs/$name.eval-${1}shot$tag$suffix.json" 2>>"$runs/$name.log"
+  echo "evaluated ${1}-shot ($norm statistics) in $((SECONDS - start)) s" >>"$runs/$name.log"
 }
 case $name in
-  protonet-*|weightpred-*|hypernet-*|resnet12-*|metabaseline) evaluate 1; evaluate 5 ;;
+  protonet-*|weightpred-*|hypernet-*|resnet12-*|metabaseline)
+    evaluate 1; evaluate 5; evaluate 1 population; evaluate 5 population ;;
   *-1shot) evaluate 1 ;;
   *-5shot) evaluate 5 ;;
 esac
