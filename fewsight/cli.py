@@ -507,7 +507,8 @@ def _run_eval(args: argparse.Namespace) -> None:
     from fewsight.distributed import is_main, setup
 
     device = setup(_device(args.device))
-    config, learner = load_model(resolve_run(args.run), device, args.weights)
+    folder = resolve_run(args.run)
+    config, learner = load_model(folder, device, args.weights)
     if args.metric is not None:
         if not isinstance(learner, ProtoNet):
             raise FewsightError(
@@ -534,9 +535,9 @@ def _run_eval(args: argparse.Namespace) -> None:
             details["metric"] = learner.metric
         details["norm"] = args.norm
         details["weights"] = args.weights
-        details["step"] = checkpoint_step(resolve_run(args.run), args.weights)
+        details["step"] = checkpoint_step(folder, args.weights)
         transductive = config.transductive and args.norm == "task"
-        protocol = _protocol(config, learner, transductive, is_pretrain_run(resolve_run(args.run)))
+        protocol = _protocol(config, learner, transductive, is_pretrain_run(folder))
         print(json.dumps({**asdict(accuracy), **details, "algorithm": config.algorithm, **protocol}))
     else:
         scored = f" ({learner.metric})" if isinstance(learner, ProtoNet) else ""

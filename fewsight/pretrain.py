@@ -98,19 +98,24 @@ class PretrainConfig:
     @classmethod
     def load(cls, folder: Path) -> PretrainConfig:
         RunConfig.load(folder)  # a one-line error for a missing or unreadable config.json
-        if not is_pretrain_run(folder):
+        settings = _pretrain_settings(folder)
+        if settings is None:
             raise FewsightError(
                 f"{folder} is a training run, not a pre-training run; resume it with fewsight train"
             )
-        saved = json.loads((Path(folder) / "config.json").read_text())
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in saved["pretrain"].items() if k in known})
+        return cls(**{k: v for k, v in settings.items() if k in known})
+
+
+def _pretrain_settings(folder: str | os.PathLike) -> dict | None:
+    """The "pretrain" settings of a run folder's config.json; None for a training run."""
+    settings = json.loads((Path(folder) / "config.json").read_text()).get("pretrain")
+    return settings if isinstance(settings, dict) else None
 
 
 def is_pretrain_run(folder: str | os.PathLike) -> bool:
     """Whether the run folder holds a `fewsight pretrain` run (its config.json has "pretrain")."""
-    saved = json.loads((Path(folder) / "config.json").read_text())
-    return isinstance(saved.get("pretrain"), dict)
+    return _pretrain_settings(folder) is not None
 
 
 def pretrain(
