@@ -29,9 +29,10 @@ case $name in
   protonet-[15]shot|weightpred-[15]shot|hypernet-[15]shot)
     flags=(train --algorithm "${name%-*}" --non-transductive "${episodic[@]}") ;;
   # The paper's own protocol: trained on the statistics of each episode's support and query images
-  # together (transductive), scored with fixed statistics (below), as its network in eval mode.
+  # together (transductive), its learning rate halved every 2,000 episodes, scored with fixed
+  # statistics (below), as its network in eval mode.
   protonet-bn-[15]shot)
-    flags=(train --algorithm protonet "${episodic[@]}") ;;
+    flags=(train --algorithm protonet "${episodic[@]}" --lr-halve-every 2000) ;;
   # The MAML family with MAML's settings (MAML++ is --algorithm mamlpp with all its switches).
   maml-[15]shot|fomaml-[15]shot|metasgd-[15]shot|anil-[15]shot|mamlpp-[15]shot)
     flags=(train --algorithm "${name%-*}" "${maml[@]}" --shots "$shots") ;;

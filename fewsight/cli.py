@@ -126,6 +126,13 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         help="anneal the meta learning rate along a cosine from --meta-lr to 1%% of it over --steps",
     )
     parser.add_argument(
+        "--lr-halve-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="halve the meta learning rate every this many steps (ProtoNet as Snell et al.: 2000; 0: off)",
+    )
+    parser.add_argument(
         "--checkpoint-inner",
         action="store_true",
         help="memory: recompute each inner step in the backward pass instead of keeping its activations "

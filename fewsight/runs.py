@@ -76,6 +76,7 @@ class RunConfig:
     per_step_bn: bool = False
     first_order_steps: int = 0  # derivative-order annealing: first order for this many meta-steps
     cosine_lr: bool = False
+    lr_halve_every: int = 0  # halve the meta learning rate every this many steps (ProtoNet); 0: off
     task_chunk: int = 0  # 0: all tasks of a meta-batch at once
     checkpoint_inner: bool = False
     task_loop: bool = False  # adapt the tasks one after another with plain autograd, not vmap
@@ -141,9 +142,11 @@ class RunConfig:
             raise FewsightError(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
         if self.metric != "euclidean" and self.algorithm != "protonet":
             raise FewsightError("--metric applies to --algorithm protonet only; drop it")
-        for name in ("multi_step_loss", "first_order_steps", "task_chunk"):
+        for name in ("multi_step_loss", "first_order_steps", "task_chunk", "lr_halve_every"):
             if getattr(self, name) < 0:
                 raise FewsightError(f"--{name.replace('_', '-')} must be 0 (off) or more")
+        if self.cosine_lr and self.lr_halve_every:
+            raise FewsightError("--cosine-lr and --lr-halve-every are two schedules: keep one")
         switches = ("multi_step_loss", "learned_inner_lr", "per_step_bn", "first_order_steps")
         if self.algorithm not in ("maml", "fomaml", "mamlpp") and any(getattr(self, n) for n in switches):
             raise FewsightError(

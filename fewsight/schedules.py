@@ -1,5 +1,6 @@
 """Schedules over meta-training steps, as plain functions of the step (so a resumed run follows them
-exactly): MAML++'s multi-step loss weights and the cosine-annealed meta learning rate."""
+exactly): MAML++'s multi-step loss weights and the meta learning rate, cosine-annealed (MAML++) or
+halved at intervals (Snell et al.)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,18 @@ def cosine_lr(base: float, step: int, total: int, floor_fraction: float = 0.01) 
     along half a cosine (MAML++ goes from 1e-3 to 1e-5)."""
     floor = base * floor_fraction
     return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * (step - 1) / max(total - 1, 1)))
+
+
+def halving_lr(base: float, step: int, every: int) -> float:
+    """Learning rate of meta-step `step` (1..): `base`, halved after every `every` steps (ProtoNet's
+    schedule: 1e-3, halved every 2,000 episodes)."""
+    return base * 0.5 ** ((step - 1) // every)
+
+
+def meta_learning_rate(base: float, step: int, total: int, cosine: bool, halve_every: int) -> float | None:
+    """The scheduled meta learning rate of meta-step `step`, or None where the rate stays `base`."""
+    if cosine:
+        return cosine_lr(base, step, total)
+    if halve_every:
+        return halving_lr(base, step, halve_every)
+    return None

@@ -35,7 +35,7 @@ from fewsight.runfolder import (
     resumed_length,
 )
 from fewsight.runs import MODEL_BASED, RunConfig, assign_classes, build_learner, load_split, mamlpp_preset
-from fewsight.schedules import cosine_lr
+from fewsight.schedules import meta_learning_rate
 from fewsight.signals import StopRequests
 from fewsight.warmstart import load_backbone, run_backbone
 
@@ -212,8 +212,11 @@ def train(
                 if config.augment:
                     batch = augment_tasks(batch, generator)
                 learner.schedule(step)
-                if config.cosine_lr:
-                    set_learning_rate(optimizer, cosine_lr(config.meta_lr, step, config.steps))
+                rate = meta_learning_rate(
+                    config.meta_lr, step, config.steps, config.cosine_lr, config.lr_halve_every
+                )
+                if rate is not None:
+                    set_learning_rate(optimizer, rate)
                 if graphs and graphed is None:
                     graphed = _graphed_step(learner, optimizer, batch, lambda: autocast(device, config.bf16))
                     graphs = graphed is not None

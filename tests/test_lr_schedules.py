@@ -1,0 +1,38 @@
+"""The meta learning-rate schedules: ProtoNet's halving (Snell et al.) as a function of the step, set
+on the optimiser by `fewsight train`, followed exactly by a resumed run, and refused beside the cosine."""
+
+import pytest
+import torch
+
+from fewsight.cli import main
+from fewsight.schedules import cosine_lr, halving_lr, meta_learning_rate
+
+TINY = ["--algorithm", "protonet", "--ways", "3", "--meta-batch", "1", "--queries", "1"]
+TINY += ["--log-every", "1", "--val-every", "100", "--checkpoint-every", "100", "--quiet", "--device", "cpu"]
+
+
+def test_halving_halves_after_every_interval():
+    assert [halving_lr(1e-3, s, 2000) for s in (1, 2000, 2001, 4000, 4001)] == pytest.approx(
+        [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+    )
+    assert meta_learning_rate(1e-3, 4001, 60000, cosine=False, halve_every=2000) == pytest.approx(2.5e-4)
+    assert meta_learning_rate(1e-3, 7, 100, cosine=True, halve_every=0) == cosine_lr(1e-3, 7, 100)
+    assert meta_learning_rate(1e-3, 7, 100, cosine=False, halve_every=0) is None
+
+
+def _optimiser_rate(run):
+    return torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_train_halves_the_rate_and_a_resumed_run_follows(omniglot_train, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "3", "--lr-halve-every", "2", *TINY, "--out", str(run)]) == 0
+    assert _optimiser_rate(run) == pytest.approx(5e-4)  # step 3: halved once
+    assert main(["train", "--steps", "5", *TINY, "--out", str(run), "--resume"]) == 0
+    assert _optimiser_rate(run) == pytest.approx(2.5e-4)  # step 5: twice, the saved schedule kept
+
+
+def test_two_schedules_at_once_are_refused(omniglot_train, tmp_path, capsys):
+    flags = ["--cosine-lr", "--lr-halve-every", "2"]
+    assert main(["train", "--steps", "3", *flags, *TINY, "--out", str(tmp_path / "run")]) != 0
+    assert "keep one" in capsys.readouterr().err
