@@ -226,11 +226,17 @@ def _eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--norm",
         choices=("task", "population"),
-        default="task",
-        help="batch-norm statistics: the run's own (task: each task's, or its support set's when "
-        "non-transductive) or population: fixed mean and variance of up to "
-        f"{POPULATION_IMAGES:,} training images, each query normalised on its own (as RFS and "
-        "Meta-Baseline score pre-trained backbones); model-based and pretrain runs (default: %(default)s)",
+        help="batch-norm statistics: task (each task's, or its support set's when non-transductive) or "
+        f"population: fixed mean and variance of up to {POPULATION_IMAGES:,} training images, each query "
+        "normalised on its own (as RFS and Meta-Baseline score pre-trained backbones; model-based and "
+        "pretrain runs), the run's population.pt where it has one (default: population where the model "
+        "ships population.pt, as the bundled miniimagenet model does, else task)",
+    )
+    parser.add_argument(
+        "--keep-statistics",
+        action="store_true",
+        help="with --norm population: write the statistics into RUN/population.pt, so that eval, predict, "
+        "export and serve use them from then on (delete the file to go back)",
     )
     parser.add_argument(
         "--weights",
@@ -502,6 +508,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     from fewsight.data import EpisodeSampler
     from fewsight.evaluate import evaluate
     from fewsight.models import load_model, max_ways, resolve_run
+    from fewsight.nets.population import has_population_statistics, save_population_statistics
     from fewsight.pretrain import is_pretrain_run
     from fewsight.runs import check_seed, checkpoint_step, load_split
 
@@ -513,9 +520,11 @@ def _run_eval(args: argparse.Namespace) -> None:
         raise FewsightError(f"no run folder at {run}; pass the --out of a training run or a bundled model")
     from fewsight.distributed import is_main, setup
 
+    if args.keep_statistics and args.norm != "population":
+        raise FewsightError("--keep-statistics keeps population statistics: add --norm population")
     device = setup(_device(args.device))
     folder = resolve_run(args.run)
-    config, learner = load_model(folder, device, args.weights)
+    config, learner = load_model(folder, device, args.weights, "task" if args.norm == "task" else "model")
     if args.metric is not None:
         if not isinstance(learner, ProtoNet):
             raise FewsightError(
@@ -525,8 +534,11 @@ def _run_eval(args: argparse.Namespace) -> None:
     ways = args.ways or config.ways
     if max_ways(config) not in (None, ways):
         raise FewsightError(f"this {config.algorithm} model takes exactly {config.ways} ways; drop --ways")
-    if args.norm == "population":
+    if args.norm == "population" and not has_population_statistics(learner):
         _set_population_statistics(learner, config, args.data_root, not args.quiet)
+    if args.keep_statistics:
+        save_population_statistics(learner, folder)
+    norm = "population" if has_population_statistics(learner) else "task"
     shots, queries = args.shots or config.shots, args.queries or config.queries
     data = load_split(config, args.split, args.data_root, not args.quiet)
     sampler = EpisodeSampler(data, ways, shots, queries, device)
@@ -540,15 +552,15 @@ def _run_eval(args: argparse.Namespace) -> None:
         details = {"split": args.split, "seed": args.seed, "ways": ways, "shots": shots, "queries": queries}
         if isinstance(learner, ProtoNet):
             details["metric"] = learner.metric
-        details["norm"] = args.norm
+        details["norm"] = norm
         details["weights"] = args.weights
         details["step"] = checkpoint_step(folder, args.weights)
-        transductive = config.transductive and args.norm == "task"
+        transductive = config.transductive and norm == "task"
         protocol = _protocol(config, learner, transductive, is_pretrain_run(folder))
         print(json.dumps({**asdict(accuracy), **details, "algorithm": config.algorithm, **protocol}))
     else:
         scored = f" ({learner.metric})" if isinstance(learner, ProtoNet) else ""
-        scored += ", population batch-norm statistics" if args.norm == "population" else ""
+        scored += ", population batch-norm statistics" if norm == "population" else ""
         print(f"{config.algorithm}{scored} {ways}-way {shots}-shot, {args.split}: {accuracy}")
 
 

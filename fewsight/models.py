@@ -12,6 +12,7 @@ from torch import nn
 from fewsight.algorithms import MAML, AdaptedClassifier, MetaLearner, ParameterPredictor, PredictedClassifier
 from fewsight.checkpoints import serialise, write_atomic
 from fewsight.errors import FewsightError
+from fewsight.nets.population import load_population_statistics
 from fewsight.onnx_export import onnx_bytes
 from fewsight.runs import MODEL_BASED, RunConfig, build_learner, load_learner
 
@@ -114,9 +115,15 @@ def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[RunCo
 
 
 def load_model(
-    model: str | Path, device: torch.device | str = "cpu", weights: str = "last"
+    model: str | Path, device: torch.device | str = "cpu", weights: str = "last", norm: str = "model"
 ) -> tuple[RunConfig, MetaLearner]:
     """Config and learner (in eval mode) of a run folder or bundled model: its last checkpoint, or its
-    best-validated weights (`weights="best"`)."""
-    config, learner = load_learner(resolve_run(model), device, weights)
+    best-validated weights (`weights="best"`). With norm="model" it normalises as the model ships:
+    with the fixed statistics of its population.pt where it has one; norm="task" ignores that file."""
+    folder = resolve_run(model)
+    config, learner = load_learner(folder, device, weights)
+    if norm == "model":
+        load_population_statistics(learner, folder)
+    elif norm != "task":
+        raise FewsightError(f"unknown norm {norm!r}; use model or task")
     return config, learner.eval()

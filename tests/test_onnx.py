@@ -1,9 +1,11 @@
 """fewsight export --format onnx: ONNX Runtime gives the PyTorch classifier's logits on real
-Omniglot drawings, to float32 rounding, for the bundled ProtoNet and for a MAML run."""
+Omniglot drawings and photos, to float32 rounding, for the bundled ProtoNets (the miniImageNet one
+with its fixed batch-norm statistics) and for a MAML run."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,19 @@ def test_bundled_protonet_runs_the_same_in_onnx_runtime(drawings, tmp_path, clas
     export("omniglot", support, tmp_path / "c.pt", "pt")
     export("omniglot", support, tmp_path / "c.onnx", "onnx")
     assert len(assert_same_logits(tmp_path / "c.onnx", tmp_path / "c.pt", queries)) == classes
+
+
+def test_bundled_miniimagenet_model_runs_the_same_in_onnx_runtime(mini_test_photos, tmp_path):
+    queries = tmp_path / "query"
+    queries.mkdir()
+    for label, photos in list(mini_test_photos.items())[:3]:
+        (tmp_path / "support" / label).mkdir(parents=True)
+        shutil.copy(photos[0], tmp_path / "support" / label)
+        for photo in photos[1:3]:
+            shutil.copy(photo, queries / f"{label}-{photo.name}")
+    export("miniimagenet", tmp_path / "support", tmp_path / "c.pt", "pt")
+    export("miniimagenet", tmp_path / "support", tmp_path / "c.onnx", "onnx")
+    assert len(assert_same_logits(tmp_path / "c.onnx", tmp_path / "c.pt", queries)) == 3
 
 
 def test_maml_adapted_weights_run_the_same_in_onnx_runtime(drawings, tmp_path, maml_run):

@@ -42,6 +42,14 @@ class TaskBatchNorm(nn.Module):
         self.register_buffer("population_mean", None)
         self.register_buffer("population_var", None)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """A state dict sets the population statistics where it holds them (a model that ships them,
+        an exported classifier) and clears them where it does not."""
+        for name in ("population_mean", "population_var"):
+            kept = prefix + name in state_dict
+            setattr(self, name, torch.empty_like(self.weight.detach()) if kept else None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: torch.Tensor, context_size: int | None = None) -> torch.Tensor:
         if self.population_mean is not None:  # each sample normalised on its own, as eval-mode torch
             return F.batch_norm(
