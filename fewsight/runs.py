@@ -146,7 +146,10 @@ class RunConfig:
             if getattr(self, name) < 0:
                 raise FewsightError(f"--{name.replace('_', '-')} must be 0 (off) or more")
         if self.cosine_lr and self.lr_halve_every:
-            raise FewsightError("--cosine-lr and --lr-halve-every are two schedules: keep one")
+            raise FewsightError(
+                "--cosine-lr (which --algorithm mamlpp turns on) and --lr-halve-every are two schedules: "
+                "keep one"
+            )
         switches = ("multi_step_loss", "learned_inner_lr", "per_step_bn", "first_order_steps")
         if self.algorithm not in ("maml", "fomaml", "mamlpp") and any(getattr(self, n) for n in switches):
             raise FewsightError(

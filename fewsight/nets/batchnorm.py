@@ -29,6 +29,8 @@ from torch import nn
 
 from fewsight.nets.folding import fold_channels, tasks_first, unfold_channels
 
+POPULATION_BUFFERS = ("population_mean", "population_var")  # fixed statistics, None until estimated
+
 
 class TaskBatchNorm(nn.Module):
     """Per-channel normalisation of (B, C, ...) with a learned scale and shift, no running state."""
@@ -45,7 +47,7 @@ class TaskBatchNorm(nn.Module):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """A state dict sets the population statistics where it holds them (a model that ships them,
         an exported classifier) and clears them where it does not."""
-        for name in ("population_mean", "population_var"):
+        for name in POPULATION_BUFFERS:
             kept = prefix + name in state_dict
             setattr(self, name, torch.empty_like(self.weight.detach()) if kept else None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -21,10 +21,9 @@ from torch import nn
 
 from fewsight.checkpoints import serialise, write_atomic
 from fewsight.errors import FewsightError
-from fewsight.nets.batchnorm import TaskBatchNorm
+from fewsight.nets.batchnorm import POPULATION_BUFFERS, TaskBatchNorm
 
 STATISTICS_FILE = "population.pt"
-_BUFFERS = ("population_mean", "population_var")
 
 
 def estimate_population_statistics(network: nn.Module, images: torch.Tensor, batch_size: int = 128) -> None:
@@ -78,7 +77,7 @@ def weights_digest(network: nn.Module) -> str:
     """A short fingerprint of the network's learned weights, which its statistics belong to."""
     digest = hashlib.sha256()
     for name, value in sorted(network.state_dict().items()):
-        if not name.endswith(_BUFFERS):
+        if not name.endswith(POPULATION_BUFFERS):
             digest.update(name.encode())
             digest.update(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -87,7 +86,7 @@ def weights_digest(network: nn.Module) -> str:
 def save_population_statistics(network: nn.Module, folder: Path) -> Path:
     """Write the network's population statistics into FOLDER/population.pt, with the fingerprint of
     the weights they were estimated for."""
-    state = {k: v.cpu() for k, v in network.state_dict().items() if k.endswith(_BUFFERS)}
+    state = {k: v.cpu() for k, v in network.state_dict().items() if k.endswith(POPULATION_BUFFERS)}
     if not state:
         raise FewsightError("this network has no population statistics to keep; estimate them first")
     path = Path(folder) / STATISTICS_FILE
