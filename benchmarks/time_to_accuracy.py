@@ -39,9 +39,10 @@ from fewsight.data import EpisodeSampler
 from fewsight.data.episodes import TaskBatch
 from fewsight.evaluate import evaluate
 from fewsight.graphs import GraphedTrainingStep
-from fewsight.runfolder import default_device
-from fewsight.runs import RunConfig, build_learner, load_split
+from fewsight.run.build import build_learner, load_split
+from fewsight.run.config import RunConfig
 from fewsight.train import VALIDATION_SEED
+from fewsight.training.device import default_device
 
 Step = Callable[[TaskBatch], None]
 

@@ -22,7 +22,8 @@ from fewsight.algorithms import MetaLearner
 from fewsight.data.episodes import EpisodeSampler, TaskBatch
 from fewsight.data.images import LabelledImages
 from fewsight.graphs import capture, static_copy
-from fewsight.runs import CHANNELS, DEFAULT_IMAGE_SIZE, GRADIENT_BASED, RunConfig, build_learner
+from fewsight.run.build import build_learner
+from fewsight.run.config import CHANNELS, DEFAULT_IMAGE_SIZE, GRADIENT_BASED, RunConfig
 
 MetaGradient = Callable[[], dict[str, torch.Tensor]]
 Implementation = Callable[[MetaLearner, TaskBatch], MetaGradient]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fewsight.errors import FewsightError
-from fewsight.runs import ALGORITHMS, BACKBONES, METRICS, RunConfig
+from fewsight.run.config import ALGORITHMS, BACKBONES, METRICS, RunConfig
 
 if TYPE_CHECKING:
     from fewsight.algorithms import MetaLearner
@@ -387,7 +387,7 @@ def _out_of_memory(device, fix: str) -> FewsightError:
 def _device(name: str | None):
     import torch
 
-    from fewsight.runfolder import default_device
+    from fewsight.training.device import default_device
 
     if name is None:
         return default_device()
@@ -408,7 +408,7 @@ def _device(name: str | None):
 
 def _settings(args: argparse.Namespace, config_class: type) -> dict:
     """The config's settings from the flags: a data set path made absolute, the image size defaulted."""
-    from fewsight.runs import DATASETS, DEFAULT_IMAGE_SIZE
+    from fewsight.run.config import DATASETS, DEFAULT_IMAGE_SIZE
 
     values = {f.name: getattr(args, f.name) for f in fields(config_class) if hasattr(args, f.name)}
     for name in _KEPT_ON_RESUME:
@@ -472,7 +472,7 @@ def _set_population_statistics(
 
     from fewsight.algorithms.predictor import ParameterPredictor
     from fewsight.nets.population import estimate_population_statistics
-    from fewsight.runs import load_split
+    from fewsight.run.build import load_split
 
     if not isinstance(learner, ParameterPredictor):
         raise FewsightError(
@@ -488,7 +488,7 @@ def _protocol(config: RunConfig, learner: MetaLearner, transductive: bool, pretr
     """What the papers report beside a score: backbone and its widths, image size, how it was trained
     (the ways and shots of its episodes, or supervised pre-training on all training classes, whose
     ways and shots are null), and whether the queries were normalised together (transductive)."""
-    from fewsight.warmstart import backbone_of
+    from fewsight.run.warmstart import backbone_of
 
     return {
         "backbone": config.backbone,
@@ -510,7 +510,9 @@ def _run_eval(args: argparse.Namespace) -> None:
     from fewsight.models import load_model, max_ways, resolve_run
     from fewsight.nets.population import has_population_statistics, save_population_statistics
     from fewsight.pretrain import is_pretrain_run
-    from fewsight.runs import check_seed, checkpoint_step, load_split
+    from fewsight.run.build import load_split
+    from fewsight.run.config import check_seed
+    from fewsight.run.folder import checkpoint_step
 
     if args.episodes < 1 or args.batch < 1:
         raise FewsightError("--episodes and --batch must be at least 1")
@@ -626,7 +628,7 @@ def _run_plot(args: argparse.Namespace) -> None:
     from fewsight.data import EpisodeSampler
     from fewsight.models import BUNDLED, load_model, resolve_run
     from fewsight.plot import plot_adaptation_steps, plot_curves, plot_episode
-    from fewsight.runs import load_split
+    from fewsight.run.build import load_split
 
     if args.max_steps < 1 or args.episodes < 1:
         raise FewsightError("--max-steps and --episodes must be at least 1")

@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 from fewsight.algorithms import MAML, AdaptedClassifier, MetaLearner, ParameterPredictor, PredictedClassifier
-from fewsight.checkpoints import serialise, write_atomic
 from fewsight.errors import FewsightError
 from fewsight.nets.population import load_population_statistics
 from fewsight.onnx_export import onnx_bytes
-from fewsight.runs import MODEL_BASED, RunConfig, build_learner, load_learner
+from fewsight.run.build import build_learner
+from fewsight.run.config import MODEL_BASED, RunConfig
+from fewsight.run.files import serialise, write_atomic
+from fewsight.run.folder import load_learner
 
 BUNDLED = Path(__file__).parent / "models"
 EXPORT_FORMAT = "fewsight-classifier/1"

@@ -20,7 +20,8 @@ from torch import nn
 from fewsight.algorithms import AdaptedClassifier
 from fewsight.errors import FewsightError
 from fewsight.nets.batchnorm import with_context
-from fewsight.runs import RunConfig, channels
+from fewsight.run.build import channels
+from fewsight.run.config import RunConfig
 
 OPSET = 17
 

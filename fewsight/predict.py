@@ -11,7 +11,8 @@ import torch
 
 from fewsight.data.decode import decode_image
 from fewsight.errors import FewsightError
-from fewsight.runs import RunConfig, channels
+from fewsight.run.build import channels
+from fewsight.run.config import RunConfig
 
 
 @dataclass

@@ -23,16 +23,25 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fewsight import runfolder
-from fewsight.checkpoints import save_checkpoint, write_atomic
 from fewsight.data import EpisodeSampler
 from fewsight.data.augment import augment
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
-from fewsight.runs import RunConfig, assign_classes, build_learner, load_split
+from fewsight.run.build import assign_classes, build_learner, load_split
+from fewsight.run.config import RunConfig
+from fewsight.run.files import keep_metrics_until, save_checkpoint, write_atomic
+from fewsight.run.folder import (
+    check_new_folder,
+    merge_resume_settings,
+    random_states,
+    restore_random_states,
+    resumable_checkpoint,
+    resumed_length,
+)
 from fewsight.schedules import cosine_lr
 from fewsight.signals import StopRequests
 from fewsight.train import VALIDATION_SEED
+from fewsight.training.device import autocast, default_device
 
 MOMENTUM = 0.9
 DROP_RAMP = 0.5  # DropBlock's rate rises linearly to its value over this fraction of the steps
@@ -134,20 +143,20 @@ def pretrain(
     CPU). Ctrl-C or SIGTERM finishes the step and saves a checkpoint first.
     """
     out = Path(out)
-    device = torch.device(device) if device is not None else runfolder.default_device()
+    device = torch.device(device) if device is not None else default_device()
     state = None
     if resume:
         epochs = config.epochs
         given, config = config, PretrainConfig.load(out)
         bookkeeping = ("log_every", "val_episodes", "checkpoint_every")  # may change on resume
-        runfolder.merge_resume_settings(given, config, bookkeeping, handled=("epochs",))
-        config.epochs = runfolder.resumed_length(config.epochs, epochs, "epochs", cosine=True)
+        merge_resume_settings(given, config, bookkeeping, handled=("epochs",))
+        config.epochs = resumed_length(config.epochs, epochs, "epochs", cosine=True)
         why_not = "fewsight pretrain did not write it, so it cannot be resumed"
-        state = runfolder.resumable_checkpoint(out, _RESUMABLE, device, why_not)
+        state = resumable_checkpoint(out, _RESUMABLE, device, why_not)
     else:
-        runfolder.check_new_folder(out)
+        check_new_folder(out)
     config.validate()
-    runfolder.autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
+    autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
     run = config.run_config()
     assign_classes(run)
     config.class_split = run.class_split
@@ -186,13 +195,13 @@ def pretrain(
         shuffler.set_state(state["shuffler"].cpu())
         order = state["order"].to(device)
         generator.set_state(state["generator"].cpu())
-        runfolder.restore_random_states(state, device)
+        restore_random_states(state, device)
         loss_sum.copy_(state["interval"]["loss"])
         correct_sum.copy_(state["interval"]["accuracy"])
         interval_steps, start = state["interval"]["steps"], state["step"]
     out.mkdir(parents=True, exist_ok=True)
     config.save(out)
-    runfolder.keep_metrics_until(out / "metrics.jsonl", start)
+    keep_metrics_until(out / "metrics.jsonl", start)
 
     def checkpoint(step: int) -> None:
         snapshot = {
@@ -202,7 +211,7 @@ def pretrain(
             "shuffler": shuffler.get_state(),
             "order": order,
             "generator": generator.get_state(),
-            **runfolder.random_states(device),
+            **random_states(device),
             "step": step,
             "interval": {"loss": loss_sum, "accuracy": correct_sum, "steps": interval_steps},
         }
@@ -227,7 +236,7 @@ def pretrain(
                     group["lr"] = cosine_lr(config.lr, step, total, floor_fraction=0.0)
                 if hasattr(backbone, "set_drop_rate"):
                     backbone.set_drop_rate(config.drop_rate * min(1.0, step / (DROP_RAMP * total)))
-                with runfolder.autocast(device, config.bf16):
+                with autocast(device, config.bf16):
                     logits = head(backbone(x))
                 loss = F.cross_entropy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)

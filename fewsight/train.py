@@ -15,7 +15,6 @@ import torch
 from tqdm import tqdm
 
 from fewsight.algorithms import MetaLearner
-from fewsight.checkpoints import BEST, read_checkpoint, save_checkpoint, serialise, write_atomic
 from fewsight.data import EpisodeSampler
 from fewsight.data.augment import augment_tasks
 from fewsight.data.episodes import TaskBatch
@@ -23,21 +22,28 @@ from fewsight.distributed import all_sum, average_gradients, is_main, setup, sha
 from fewsight.errors import FewsightError
 from fewsight.evaluate import evaluate
 from fewsight.graphs import GraphedTrainingStep, plain_learning_rates, set_learning_rate
-from fewsight.runfolder import (
-    autocast,
-    check_new_folder,
-    default_device,
+from fewsight.run.build import assign_classes, build_learner, load_split
+from fewsight.run.config import MODEL_BASED, RunConfig, mamlpp_preset
+from fewsight.run.files import (
+    BEST,
     keep_metrics_until,
+    read_checkpoint,
+    save_checkpoint,
+    serialise,
+    write_atomic,
+)
+from fewsight.run.folder import (
+    check_new_folder,
     merge_resume_settings,
     random_states,
     restore_random_states,
     resumable_checkpoint,
     resumed_length,
 )
-from fewsight.runs import MODEL_BASED, RunConfig, assign_classes, build_learner, load_split, mamlpp_preset
+from fewsight.run.warmstart import load_backbone, run_backbone
 from fewsight.schedules import meta_learning_rate
 from fewsight.signals import StopRequests
-from fewsight.warmstart import load_backbone, run_backbone
+from fewsight.training.device import autocast, default_device
 
 _BOOKKEEPING = ("log_every", "val_every", "val_episodes", "checkpoint_every")  # may change on resume
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)

@@ -107,7 +107,8 @@ def test_episodes_from_tensors_and_from_any_indexable_dataset():
 
 
 def test_api_and_cli_give_the_same_meta_gradient(omniglot_train):
-    from fewsight.runs import RunConfig, build_learner
+    from fewsight.run.build import build_learner
+    from fewsight.run.config import RunConfig
 
     config = RunConfig(ways=5, seed=3)
     torch.manual_seed(config.seed)

@@ -5,10 +5,11 @@ import os
 import pytest
 import torch
 
-from fewsight.checkpoints import read_checkpoint, save_checkpoint
 from fewsight.cli import main
 from fewsight.errors import FewsightError
-from fewsight.runs import RunConfig, build_learner
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
+from fewsight.run.files import read_checkpoint, save_checkpoint
 
 TINY = ["--meta-batch", "2", "--queries", "2", "--trainval", "--quiet", "--device", "cpu"]
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fewsight.cli import main
-from fewsight.runs import RunConfig, build_learner
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
 from tests.conftest import metrics
 
 TINY = [

@@ -12,7 +12,7 @@ from fewsight.cli import main
 from fewsight.errors import FewsightError
 from fewsight.models import BUNDLED, load_model
 from fewsight.nets import Conv4
-from fewsight.runs import RunConfig
+from fewsight.run.config import RunConfig
 
 WAYS = 5
 

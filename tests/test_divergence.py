@@ -9,7 +9,8 @@ import fewsight.train
 from fewsight.algorithms import MetaLoss
 from fewsight.cli import main
 from fewsight.errors import FewsightError
-from fewsight.runs import RunConfig, build_learner
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
 
 
 class InfiniteGradient(torch.autograd.Function):

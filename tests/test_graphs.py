@@ -15,7 +15,8 @@ from fewsight.graphs import (
     set_learning_rate,
     static_copy,
 )
-from fewsight.runs import RunConfig, build_learner, mamlpp_preset
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig, mamlpp_preset
 from fewsight.schedules import cosine_lr, multi_step_weights
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -12,12 +12,12 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import fewsight.runs
+import fewsight.run.build
 import fewsight.train
 from fewsight.cli import main
 from fewsight.data import EpisodeSampler, LabelledImages
 from fewsight.errors import FewsightError
-from fewsight.runs import ALGORITHMS, GRADIENT_BASED
+from fewsight.run.config import ALGORITHMS, GRADIENT_BASED
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
@@ -49,7 +49,7 @@ def no_data(monkeypatch):
         raise AssertionError("data was loaded before the flags were checked")
 
     monkeypatch.setattr(fewsight.train, "load_split", forbidden)
-    monkeypatch.setattr(fewsight.runs, "load_split", forbidden)
+    monkeypatch.setattr(fewsight.run.build, "load_split", forbidden)
 
 
 @pytest.fixture(scope="module")

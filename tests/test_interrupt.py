@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import fewsight.train
-from fewsight.runs import RunConfig, build_learner
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
 from fewsight.signals import StopRequests
 from tests.conftest import same
 

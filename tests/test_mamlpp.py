@@ -12,7 +12,9 @@ from fewsight.algorithms import MAML
 from fewsight.cli import main
 from fewsight.data import EpisodeSampler
 from fewsight.nets import Conv4
-from fewsight.runs import RunConfig, build_learner, load_learner
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
+from fewsight.run.folder import load_learner
 from fewsight.schedules import MSL_FLOOR, cosine_lr, multi_step_weights
 from tests.conftest import assert_meta_training_lowers_the_loss
 

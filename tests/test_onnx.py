@@ -15,7 +15,8 @@ from fewsight.cli import main
 from fewsight.models import load_exported
 from fewsight.onnx_export import onnx_bytes
 from fewsight.predict import load_images, query_paths
-from fewsight.runs import RunConfig, build_learner
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
 from tests.conftest import make_task
 
 ort = pytest.importorskip("onnxruntime")

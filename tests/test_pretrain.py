@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fewsight.cli import main
-from fewsight.runs import RunConfig, build_learner
-from fewsight.warmstart import backbone_of, load_backbone, run_backbone
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
+from fewsight.run.warmstart import backbone_of, load_backbone, run_backbone
 from tests.conftest import SHARED_DATA, metrics, same
 
 SAMPLE = SHARED_DATA / "miniimagenet-sample"

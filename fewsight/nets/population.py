@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fewsight.checkpoints import serialise, write_atomic
 from fewsight.errors import FewsightError
 from fewsight.nets.batchnorm import POPULATION_BUFFERS, TaskBatchNorm
+from fewsight.run.files import serialise, write_atomic
 
 STATISTICS_FILE = "population.pt"
 

@@ -15,7 +15,8 @@ from torch import nn
 
 from fewsight.models import classifier_bytes, load_exported, load_model, max_ways
 from fewsight.predict import Prediction, classify, model_input, write_csv
-from fewsight.runs import MODEL_BASED, channels
+from fewsight.run.build import channels
+from fewsight.run.config import MODEL_BASED
 from fewsight.serve.uploads import Limits, UploadError, decode_upload
 
 

@@ -1,35 +1,16 @@
-"""A run: its settings (config.json), how to build its data and learner, and its checkpoints."""
+"""A run's settings (config.json) and the rules they must follow."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import torch
-
-from fewsight.algorithms import (
-    ANIL,
-    LEO,
-    MAML,
-    MetaLearner,
-    MetaSGD,
-    ProtoNet,
-    Reptile,
-    TaskHypernetwork,
-    WeightPrediction,
-)
 from fewsight.algorithms.protonet import METRICS
-from fewsight.checkpoints import BEST, LATEST, read_checkpoint, write_atomic
-from fewsight.data import LabelledImages, load_omniglot
-from fewsight.data.folder import labelled_files, load_image_files, split_classes
-from fewsight.data.miniimagenet import load_miniimagenet
 from fewsight.data.omniglot import DRAWERS, DRAWING_SIZE, PROTOCOLS
 from fewsight.errors import FewsightError
-from fewsight.nets import Conv4, ResNet12
+from fewsight.run.files import CONFIG, write_json
 
 GRADIENT_BASED = ("maml", "fomaml", "metasgd", "anil", "reptile", "mamlpp")
 MODEL_BASED = ("protonet", "weightpred", "hypernet", "leo")
@@ -166,11 +147,11 @@ class RunConfig:
 
     def save(self, folder: Path) -> None:
         """Write config.json into the run folder, atomically."""
-        write_atomic((json.dumps(asdict(self), indent=2) + "\n").encode(), folder / "config.json")
+        write_json(asdict(self), folder / CONFIG)
 
     @classmethod
     def load(cls, folder: Path) -> RunConfig:
-        path = Path(folder) / "config.json"
+        path = Path(folder) / CONFIG
         if not path.is_file():
             raise FewsightError(
                 f"{folder} is not a run folder (no config.json); pass the --out of a training run"
@@ -210,34 +191,6 @@ def check_backbone(backbone: str, width: float, drop_rate: float) -> None:
         raise FewsightError("--drop-rate applies to --backbone resnet12 only")
 
 
-def channels(config: RunConfig) -> int:
-    """Image channels the run's model takes."""
-    return CHANNELS.get(config.dataset, 3)
-
-
-def assign_classes(config: RunConfig) -> None:
-    """Split a user's own data set's classes into train, val and test, once, into the config."""
-    if config.dataset not in DATASETS and config.class_split is None:
-        names = [label for _, label in labelled_files(Path(config.dataset))]
-        config.class_split = split_classes(names, config.seed)
-
-
-def load_split(
-    config: RunConfig, split: str, data_root: str | os.PathLike | None = None, progress: bool = True
-) -> LabelledImages:
-    """The labelled images of one split of the run's data set ("trainval": train and val classes);
-    decoded with a progress bar the first time, unless `progress` is False."""
-    if config.dataset == "omniglot":
-        return load_omniglot(split, config.protocol, config.image_size, data_root, progress)
-    if split == "trainval":
-        parts = [load_split(config, part, data_root, progress) for part in ("train", "val")]
-        return parts[0].concat(parts[1])
-    if config.dataset == "miniimagenet":
-        return load_miniimagenet(split, config.image_size, data_root, progress)
-    assign_classes(config)
-    return load_image_files(Path(config.dataset), config.class_split[split], config.image_size, 3, progress)
-
-
 def mamlpp_preset(config: RunConfig) -> None:
     """Turn on MAML++'s switches for --algorithm mamlpp, with schedules from the run's length: the
     multi-step loss annealed over the first 10% of the steps, first order for the first third."""
@@ -246,105 +199,3 @@ def mamlpp_preset(config: RunConfig) -> None:
     config.learned_inner_lr = config.per_step_bn = config.cosine_lr = True
     config.multi_step_loss = config.multi_step_loss or max(1, config.steps // 10)
     config.first_order_steps = config.first_order_steps or config.steps // 3
-
-
-def build_backbone(config: RunConfig, ways: int | None) -> Conv4 | ResNet12:
-    """The run's backbone, with a linear head over `ways` classes (None: features only)."""
-    if config.backbone == "resnet12":
-        return ResNet12(ways, channels(config), config.width, config.drop_rate)
-    hidden = _conv4_channels(config)
-    return Conv4(ways, in_channels=channels(config), hidden=hidden, image_size=config.image_size)
-
-
-def _conv4_channels(config: RunConfig) -> int:
-    """64 channels, except for the MAML family on large images (32, as in the MAML paper); x width."""
-    hidden = 64 if config.image_size <= 32 or config.algorithm in MODEL_BASED else 32
-    return max(1, round(config.width * hidden))
-
-
-def build_learner(config: RunConfig) -> MetaLearner:
-    """A freshly initialised learner for the run's algorithm and backbone."""
-    backbone = build_backbone(config, None if config.algorithm in MODEL_BASED else config.ways)
-    size, transductive = backbone.feature_size, config.transductive
-    if config.algorithm == "protonet":
-        return ProtoNet(backbone, transductive, config.metric)
-    if config.algorithm == "weightpred":
-        return WeightPrediction(backbone, size, config.base_classes, config.base_mix, transductive)
-    if config.algorithm == "hypernet":
-        task_encoder = Conv4(
-            None,
-            in_channels=channels(config),
-            hidden=_conv4_channels(config) // 2,
-            image_size=config.image_size,
-        )
-        return TaskHypernetwork(backbone, task_encoder, transductive)
-    if config.algorithm == "leo":
-        return LEO(
-            backbone, size, steps=config.inner_steps, inner_lr=config.inner_lr, transductive=transductive
-        )
-    options = dict(
-        inner_lr=config.inner_lr,
-        steps=config.inner_steps,
-        eval_steps=config.eval_inner_steps,
-        transductive=transductive,
-    )
-    if config.task_chunk or config.checkpoint_inner:
-        options.update(task_chunk=config.task_chunk, checkpoint_inner=config.checkpoint_inner)
-    if config.task_loop:
-        options.update(per_task=True)
-    if config.algorithm == "metasgd":
-        return MetaSGD(backbone, **options)
-    if config.algorithm == "anil":
-        return ANIL(backbone, **options)
-    if config.algorithm == "reptile":
-        return Reptile(backbone, **options)
-    if config.algorithm == "mamlpp":
-        config = copy.copy(config)
-        mamlpp_preset(config)
-    return MAML(
-        backbone,
-        first_order=config.algorithm == "fomaml",
-        multi_step_loss=config.multi_step_loss,
-        learned_rates=config.learned_inner_lr,
-        per_step_norm=config.per_step_bn,
-        first_order_steps=config.first_order_steps,
-        **options,
-    )
-
-
-def load_checkpoint(folder: Path, device: torch.device | str = "cpu", weights: str = "last") -> dict:
-    """The run's last checkpoint (`weights="last"`) or its best-validated weights ("best"), loaded
-    without executing code (weights_only)."""
-    if weights == "best":
-        path = Path(folder) / BEST
-        if not path.is_file():
-            raise FewsightError(
-                f"{folder} has no {BEST}: it is written when validation scores best, and this run has not "
-                "validated (--trainval, or not yet --val-every steps); use --weights last"
-            )
-        return read_checkpoint(path, device)
-    path = Path(folder) / LATEST
-    if not path.is_file():
-        raise FewsightError(f"{folder} has no {LATEST} yet; train it first (fewsight train --out {folder})")
-    return read_checkpoint(path, device)
-
-
-def checkpoint_step(folder: Path, weights: str = "last") -> int | None:
-    """The training step of the weights `load_checkpoint` gives (which `eval --json` records, as best.pt
-    may be older than the run); None for a checkpoint that records none (a bundled model)."""
-    step = load_checkpoint(folder, "cpu", weights).get("step")
-    return None if step is None else int(step)
-
-
-def load_learner(
-    folder: Path, device: torch.device | str = "cpu", weights: str = "last"
-) -> tuple[RunConfig, MetaLearner]:
-    """The config and the trained learner of a run folder (its last or its best-validated weights)."""
-    config = RunConfig.load(folder)
-    config.validate()
-    learner = build_learner(config).to(device)
-    try:
-        learner.load_state_dict(load_checkpoint(folder, device, weights)["learner"])
-    except (RuntimeError, TypeError) as error:
-        raise FewsightError(f"{folder}: the checkpoint does not fit the run's config.json") from error
-    return config, learner

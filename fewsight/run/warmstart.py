@@ -10,7 +10,9 @@ from torch import nn
 
 from fewsight.algorithms import MAML, MetaLearner, ParameterPredictor
 from fewsight.errors import FewsightError
-from fewsight.runs import RunConfig, build_backbone, load_learner
+from fewsight.run.build import build_backbone
+from fewsight.run.config import RunConfig
+from fewsight.run.folder import load_learner
 
 
 def backbone_of(learner: MetaLearner) -> nn.Module:

@@ -1,7 +1,8 @@
-"""Checkpoints that survive a crash: written atomically, the last few kept, loaded without running code.
+"""The files of a run folder, written so that they survive a crash and read without running code.
 
-A run folder holds `checkpoint.pt` (the newest) and `checkpoint-STEP.pt` for the last `KEEP` saves,
-and `best.pt`, the weights of the best validation score so far (runs that validate).
+A run folder holds `config.json`, `metrics.jsonl`, `checkpoint.pt` (the newest) and
+`checkpoint-STEP.pt` for the last `KEEP` saves, and `best.pt`, the weights of the best validation
+score so far (runs that validate).
 Every file is written to a temporary name, flushed to disk and renamed over its target, so a
 process killed at any moment leaves either the old file or the new one, never half of one.
 """
@@ -9,6 +10,8 @@ process killed at any moment leaves either the old file or the new one, never ha
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import pickle
 import re
@@ -18,6 +21,8 @@ import torch
 
 from fewsight.errors import FewsightError
 
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
 LATEST = "checkpoint.pt"
 BEST = "best.pt"  # the weights that scored best in validation so far, with that step and score
 KEEP = 3
@@ -38,6 +43,26 @@ def write_atomic(data: bytes, path: Path) -> None:
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+def write_json(value: object, path: Path) -> None:
+    """Write `value` as indented JSON (a config.json), atomically."""
+    write_atomic((json.dumps(value, indent=2) + "\n").encode(), path)
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the metrics rows after `step` (logged after the checkpoint a run resumes from) and any
+    line a killed process left half written."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_atomic("".join(kept).encode(), path)
 
 
 def numbered(folder: Path) -> list[Path]:
@@ -80,3 +105,18 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     if not isinstance(state, dict) or "learner" not in state:
         raise FewsightError(f"{path} is not a fewsight checkpoint (no learner weights in it)")
     return state
+
+
+def save_best(learner: dict, step: int, score: float, folder: Path) -> None:
+    """Write best.pt: the weights that scored best in validation, with their step and score."""
+    write_atomic(serialise({"learner": learner, "step": step, "val_accuracy": score}), folder / BEST)
+
+
+def best_score_until(folder: Path, step: int) -> float:
+    """The validation score of the run's best.pt if it was saved by step `step` (where a resumed run
+    starts; a later one is overwritten as the run gets there again), else -inf."""
+    path = folder / BEST
+    if not path.is_file():
+        return -math.inf
+    best = read_checkpoint(path)
+    return float(best["val_accuracy"]) if best["step"] <= step else -math.inf

@@ -1,38 +1,27 @@
-"""What meta-training and pre-training share about a run folder: starting a new one or resuming the
-last checkpoint, the random generators' states a checkpoint carries, the metrics log cut back to the
-checkpoint on resume, and the device and precision a run trains with."""
+"""The rules of a run folder: starting a new one or resuming its last checkpoint (which settings may
+change, how long it runs, the random generators' states a checkpoint carries), and loading a trained
+run's checkpoint and learner."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import warnings
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from fewsight.checkpoints import LATEST, write_atomic
+from fewsight.algorithms import MetaLearner
 from fewsight.errors import FewsightError
-from fewsight.runs import load_checkpoint
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast when `enabled` (a FewsightError on a GPU without bf16), else nothing."""
-    if not enabled:
-        return contextlib.nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise FewsightError("this GPU has no bf16 support; drop --bf16")
-    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)  # graph-safe
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
+from fewsight.run.files import BEST, CONFIG, LATEST, read_checkpoint
 
 
 def check_new_folder(out: Path) -> None:
     """Refuse an --out that already holds a run, or is a file."""
-    if (out / "config.json").exists():
+    if (out / CONFIG).exists():
         raise FewsightError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
@@ -99,6 +88,38 @@ def resumable_checkpoint(out: Path, keys: tuple[str, ...], device: torch.device,
     return state
 
 
+def start_or_resume(
+    given: Any,
+    out: Path,
+    resume: bool,
+    *,
+    length: str,
+    adjustable: tuple[str, ...],
+    cosine: Callable[[Any], bool],
+    keys: tuple[str, ...],
+    why_not: str,
+    device: torch.device,
+    taken: tuple[str, ...] = (),
+) -> tuple[Any, dict | None]:
+    """The settings and the checkpoint a run starts from. A new run: `given` and None, once `out` is
+    checked to hold no run. A resumed one: the run's saved settings (`type(given).load(out)`) with the
+    `adjustable` ones that `given` sets (`merge_resume_settings`), its `length` ("steps", "epochs")
+    the longer of its own and the one given (`resumed_length`, warning where a `cosine` schedule then
+    stretches), the `taken` ones as given (how to run, not what to learn), and its last checkpoint
+    (`resumable_checkpoint`)."""
+    if not resume:
+        check_new_folder(out)
+        return given, None
+    config = type(given).load(out)
+    merge_resume_settings(given, config, adjustable, handled=(length, *taken))
+    config.validate()
+    asked = resumed_length(getattr(config, length), getattr(given, length), length, cosine(config))
+    setattr(config, length, asked)
+    for name in taken:
+        setattr(config, name, getattr(given, name))
+    return config, resumable_checkpoint(out, keys, device, why_not)
+
+
 def random_states(device: torch.device) -> dict[str, torch.Tensor]:
     """The global random generators' states, for a checkpoint (torch's, and the GPU's on a GPU)."""
     states = {"torch_rng": torch.get_rng_state()}
@@ -114,16 +135,39 @@ def restore_random_states(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
 
 
-def keep_metrics_until(path: Path, step: int) -> None:
-    """Drop the metrics rows after `step` (logged after the checkpoint a run resumes from) and any
-    line a killed process left half written."""
+def load_checkpoint(folder: Path, device: torch.device | str = "cpu", weights: str = "last") -> dict:
+    """The run's last checkpoint (`weights="last"`) or its best-validated weights ("best"), loaded
+    without executing code (weights_only)."""
+    if weights == "best":
+        path = Path(folder) / BEST
+        if not path.is_file():
+            raise FewsightError(
+                f"{folder} has no {BEST}: it is written when validation scores best, and this run has not "
+                "validated (--trainval, or not yet --val-every steps); use --weights last"
+            )
+        return read_checkpoint(path, device)
+    path = Path(folder) / LATEST
     if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    write_atomic("".join(kept).encode(), path)
+        raise FewsightError(f"{folder} has no {LATEST} yet; train it first (fewsight train --out {folder})")
+    return read_checkpoint(path, device)
+
+
+def checkpoint_step(folder: Path, weights: str = "last") -> int | None:
+    """The training step of the weights `load_checkpoint` gives (which `eval --json` records, as best.pt
+    may be older than the run); None for a checkpoint that records none (a bundled model)."""
+    step = load_checkpoint(folder, "cpu", weights).get("step")
+    return None if step is None else int(step)
+
+
+def load_learner(
+    folder: Path, device: torch.device | str = "cpu", weights: str = "last"
+) -> tuple[RunConfig, MetaLearner]:
+    """The config and the trained learner of a run folder (its last or its best-validated weights)."""
+    config = RunConfig.load(folder)
+    config.validate()
+    learner = build_learner(config).to(device)
+    try:
+        learner.load_state_dict(load_checkpoint(folder, device, weights)["learner"])
+    except (RuntimeError, TypeError) as error:
+        raise FewsightError(f"{folder}: the checkpoint does not fit the run's config.json") from error
+    return config, learner

@@ -1,0 +1,116 @@
+"""What a run's config builds: its data splits, its backbone and its learner."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+from fewsight.algorithms import (
+    ANIL,
+    LEO,
+    MAML,
+    MetaLearner,
+    MetaSGD,
+    ProtoNet,
+    Reptile,
+    TaskHypernetwork,
+    WeightPrediction,
+)
+from fewsight.data import LabelledImages, load_omniglot
+from fewsight.data.folder import labelled_files, load_image_files, split_classes
+from fewsight.data.miniimagenet import load_miniimagenet
+from fewsight.nets import Conv4, ResNet12
+from fewsight.run.config import CHANNELS, DATASETS, MODEL_BASED, RunConfig, mamlpp_preset
+
+
+def channels(config: RunConfig) -> int:
+    """Image channels the run's model takes."""
+    return CHANNELS.get(config.dataset, 3)
+
+
+def assign_classes(config: RunConfig) -> None:
+    """Split a user's own data set's classes into train, val and test, once, into the config."""
+    if config.dataset not in DATASETS and config.class_split is None:
+        names = [label for _, label in labelled_files(Path(config.dataset))]
+        config.class_split = split_classes(names, config.seed)
+
+
+def load_split(
+    config: RunConfig, split: str, data_root: str | os.PathLike | None = None, progress: bool = True
+) -> LabelledImages:
+    """The labelled images of one split of the run's data set ("trainval": train and val classes);
+    decoded with a progress bar the first time, unless `progress` is False."""
+    if config.dataset == "omniglot":
+        return load_omniglot(split, config.protocol, config.image_size, data_root, progress)
+    if split == "trainval":
+        parts = [load_split(config, part, data_root, progress) for part in ("train", "val")]
+        return parts[0].concat(parts[1])
+    if config.dataset == "miniimagenet":
+        return load_miniimagenet(split, config.image_size, data_root, progress)
+    assign_classes(config)
+    return load_image_files(Path(config.dataset), config.class_split[split], config.image_size, 3, progress)
+
+
+def build_backbone(config: RunConfig, ways: int | None) -> Conv4 | ResNet12:
+    """The run's backbone, with a linear head over `ways` classes (None: features only)."""
+    if config.backbone == "resnet12":
+        return ResNet12(ways, channels(config), config.width, config.drop_rate)
+    hidden = _conv4_channels(config)
+    return Conv4(ways, in_channels=channels(config), hidden=hidden, image_size=config.image_size)
+
+
+def _conv4_channels(config: RunConfig) -> int:
+    """64 channels, except for the MAML family on large images (32, as in the MAML paper); x width."""
+    hidden = 64 if config.image_size <= 32 or config.algorithm in MODEL_BASED else 32
+    return max(1, round(config.width * hidden))
+
+
+def build_learner(config: RunConfig) -> MetaLearner:
+    """A freshly initialised learner for the run's algorithm and backbone."""
+    backbone = build_backbone(config, None if config.algorithm in MODEL_BASED else config.ways)
+    size, transductive = backbone.feature_size, config.transductive
+    if config.algorithm == "protonet":
+        return ProtoNet(backbone, transductive, config.metric)
+    if config.algorithm == "weightpred":
+        return WeightPrediction(backbone, size, config.base_classes, config.base_mix, transductive)
+    if config.algorithm == "hypernet":
+        task_encoder = Conv4(
+            None,
+            in_channels=channels(config),
+            hidden=_conv4_channels(config) // 2,
+            image_size=config.image_size,
+        )
+        return TaskHypernetwork(backbone, task_encoder, transductive)
+    if config.algorithm == "leo":
+        return LEO(
+            backbone, size, steps=config.inner_steps, inner_lr=config.inner_lr, transductive=transductive
+        )
+    options = dict(
+        inner_lr=config.inner_lr,
+        steps=config.inner_steps,
+        eval_steps=config.eval_inner_steps,
+        transductive=transductive,
+    )
+    if config.task_chunk or config.checkpoint_inner:
+        options.update(task_chunk=config.task_chunk, checkpoint_inner=config.checkpoint_inner)
+    if config.task_loop:
+        options.update(per_task=True)
+    if config.algorithm == "metasgd":
+        return MetaSGD(backbone, **options)
+    if config.algorithm == "anil":
+        return ANIL(backbone, **options)
+    if config.algorithm == "reptile":
+        return Reptile(backbone, **options)
+    if config.algorithm == "mamlpp":
+        config = copy.copy(config)
+        mamlpp_preset(config)
+    return MAML(
+        backbone,
+        first_order=config.algorithm == "fomaml",
+        multi_step_loss=config.multi_step_loss,
+        learned_rates=config.learned_inner_lr,
+        per_step_norm=config.per_step_bn,
+        first_order_steps=config.first_order_steps,
+        **options,
+    )
