@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from run import profile  # benchmarks/run.py, beside this file
 
-from fewsight import bench
 from fewsight.nets import conv4
+from fewsight.training import bench
 
 CASES = [bench.Case("omniglot", "maml", 5, 1, 32), bench.Case("miniimagenet", "maml", 5, 1, 4)]
 VARIANTS = [

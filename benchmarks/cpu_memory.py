@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from fewsight import bench
+from fewsight.training import bench
 
 VARIANTS = [(0, "vmap"), (8, "vmap"), (1, "vmap"), (1, "per-task loop"), (0, "per-task loop")]
 

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from fewsight import bench
+from fewsight.training import bench
 
 
 def median_ms(case: bench.Case, repeats: int) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fewsight import bench
+from fewsight.training import bench
 
 VARIANTS = ("--task-loop --task-chunk 1", "--task-chunk 1", "learn2learn")
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from fewsight import bench
+from fewsight.training import bench
 
 VIEWS = {
     "view", "_unsafe_view", "expand", "transpose", "permute", "unsqueeze", "squeeze", "select", "slice",

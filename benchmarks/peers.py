@@ -6,7 +6,7 @@ of the fewsight model: the same weights, with torch's own layers in place of few
 batch norm with batch statistics and no running state, as fewsight's transductive norm; nn.Conv2d;
 torch's max-pool and ReLU), so that the peers run as their users would. Each step backpropagates the
 query loss of every task divided by the task count, as ``MAML.meta_loss`` averages it, and returns
-the meta-gradient by parameter name, so that fewsight.bench checks it against fewsight's before
+the meta-gradient by parameter name, so that fewsight.training.bench checks it against fewsight's before
 timing it (benchmarks/run.py picks up `implementations`).
 The peers are an optional extra (``pip install fewsight[peers]``); see benchmarks/README.md.
 """
@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewsight.algorithms import MAML
-from fewsight.bench import Case, Implementation
 from fewsight.data.episodes import TaskBatch
 from fewsight.nets.batchnorm import TaskBatchNorm
 from fewsight.nets.conv import SameConv2d
 from fewsight.nets.conv4 import ConvBlock
+from fewsight.training.bench import Case, Implementation
 
 Grads = dict[str, torch.Tensor]
 Loss = Callable[[nn.Module], torch.Tensor]
@@ -179,7 +179,7 @@ def make_peer_step(name: str, learner: MAML, batch: TaskBatch) -> Callable[[], G
 
     The peer works on its own twin of `learner.model` (see `peer_trainer`); the step clears and
     refills the twin's gradients, and returns them under the learner's parameter names
-    (``model.blocks.0.conv.weight``...), as fewsight.bench's implementations do.
+    (``model.blocks.0.conv.weight``...), as fewsight.training.bench's implementations do.
     """
     model, backward = peer_trainer(name, learner)
     params = dict(model.named_parameters())

@@ -1,6 +1,6 @@
 """Regenerate docs/BENCHMARKS.md's measured tables: `python benchmarks/run.py` on the GPU machine.
 
-Runs fewsight's benchmark suite (fewsight/bench.py), the peers of benchmarks/peers.py where they are
+Runs fewsight's benchmark suite (fewsight/training/bench.py), the peers of benchmarks/peers.py where they are
 installed, the episode sampler's speed and a profile of one MAML meta-step, and writes them between
 the markers in docs/BENCHMARKS.md (or --doc), with the hardware, the date and the wall time.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fewsight import bench
+from fewsight.training import bench
 
 HERE = Path(__file__).resolve().parent
 

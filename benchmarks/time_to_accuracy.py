@@ -37,12 +37,12 @@ from benchmarks.peers import PEERS, peer_trainer
 from fewsight.algorithms import MAML
 from fewsight.data import EpisodeSampler
 from fewsight.data.episodes import TaskBatch
-from fewsight.evaluate import evaluate
-from fewsight.graphs import GraphedTrainingStep
 from fewsight.run.build import build_learner, load_split
 from fewsight.run.config import RunConfig
-from fewsight.train import VALIDATION_SEED
 from fewsight.training.device import default_device
+from fewsight.training.evaluate import evaluate
+from fewsight.training.graphs import GraphedTrainingStep
+from fewsight.training.metatrain import VALIDATION_SEED
 
 Step = Callable[[TaskBatch], None]
 

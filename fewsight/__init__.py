@@ -17,8 +17,8 @@ from fewsight.algorithms import (
 )
 from fewsight.data import EpisodeSampler, LabelledImages, TaskBatch, load_miniimagenet, load_omniglot
 from fewsight.errors import FewsightError
-from fewsight.evaluate import Accuracy, evaluate
 from fewsight.nets import Conv4, ResNet12, TaskBatchNorm
+from fewsight.training.evaluate import Accuracy, evaluate
 
 __all__ = [
     "ANIL",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fewsight import bench
 from fewsight.cli import main
+from fewsight.training import bench
 
 TINY = bench.Case("omniglot", "maml", ways=3, shots=1, meta_batch=2, inner_steps=1, queries=1)
 

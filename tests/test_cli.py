@@ -78,13 +78,13 @@ def test_the_best_validated_weights_are_kept_and_evaluated(omniglot_train, tmp_p
 def test_out_of_memory_says_who_holds_the_card(tmp_path, capsys, monkeypatch):
     """A GPU out of memory ends in one line that says how much this run and the other processes
     hold (trainings side by side on one card ran out this way) and names the flags to lower."""
-    import fewsight.train
+    import fewsight.training.metatrain
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     gib = 2**30
-    monkeypatch.setattr(fewsight.train, "train", out_of_memory)
+    monkeypatch.setattr(fewsight.training.metatrain, "train", out_of_memory)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1 * gib, 80 * gib))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * gib)
     assert main(["train", "--steps", "1", *TINY, "--out", str(tmp_path / "run")]) == 2

@@ -10,9 +10,9 @@ import torch
 from fewsight import EpisodeSampler, ProtoNet
 from fewsight.cli import main
 from fewsight.errors import FewsightError
-from fewsight.models import BUNDLED, load_model
 from fewsight.nets import Conv4
 from fewsight.run.config import RunConfig
+from fewsight.use.models import BUNDLED, load_model
 
 WAYS = 5
 

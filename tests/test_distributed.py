@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import fewsight
-from fewsight.distributed import average_gradients, share
+from fewsight.training.distributed import average_gradients, share
 from tests.conftest import SHARED_DATA
 
 

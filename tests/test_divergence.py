@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import fewsight.train
+import fewsight.training.metatrain
 from fewsight.algorithms import MetaLoss
 from fewsight.cli import main
 from fewsight.errors import FewsightError
@@ -44,7 +44,7 @@ def faulty_learners(monkeypatch, fault: str, at_step: int) -> None:
         learner.meta_loss = broken
         return learner
 
-    monkeypatch.setattr(fewsight.train, "build_learner", build)
+    monkeypatch.setattr(fewsight.training.metatrain, "build_learner", build)
 
 
 def config(**changes) -> RunConfig:
@@ -58,7 +58,7 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(
 ):
     faulty_learners(monkeypatch, fault, at_step=4)
     with pytest.raises(FewsightError, match=r"diverged by step 4 .*checkpoint\.pt \(step 2\) is kept"):
-        fewsight.train.train(config(), tmp_path, device="cpu", progress=False)
+        fewsight.training.metatrain.train(config(), tmp_path, device="cpu", progress=False)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["step"] == 2
     assert all(value.isfinite().all() for value in saved["learner"].values())
@@ -72,7 +72,7 @@ def test_divergence_is_caught_at_the_metrics_row_before_any_checkpoint(omniglot_
     faulty_learners(monkeypatch, "nan-loss", at_step=3)
     settings = config(log_every=1, checkpoint_every=100)
     with pytest.raises(FewsightError, match=r"diverged by step 3 .*nothing was saved"):
-        fewsight.train.train(settings, tmp_path, device="cpu", progress=False)
+        fewsight.training.metatrain.train(settings, tmp_path, device="cpu", progress=False)
     assert not list(tmp_path.glob("checkpoint*"))
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fewsight.algorithms.multistep import multi_step_weights
 from fewsight.data import EpisodeSampler
-from fewsight.graphs import (
+from fewsight.run.algorithms import mamlpp_preset
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
+from fewsight.training.graphs import (
     GraphedTrainingStep,
     _restore,
     _snapshot,
@@ -15,9 +19,7 @@ from fewsight.graphs import (
     set_learning_rate,
     static_copy,
 )
-from fewsight.run.build import build_learner
-from fewsight.run.config import RunConfig, mamlpp_preset
-from fewsight.schedules import cosine_lr, multi_step_weights
+from fewsight.training.schedules import cosine_lr
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 

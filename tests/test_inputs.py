@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import fewsight.run.build
-import fewsight.train
+import fewsight.training.metatrain
 from fewsight.cli import main
 from fewsight.data import EpisodeSampler, LabelledImages
 from fewsight.errors import FewsightError
@@ -48,7 +48,7 @@ def no_data(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("data was loaded before the flags were checked")
 
-    monkeypatch.setattr(fewsight.train, "load_split", forbidden)
+    monkeypatch.setattr(fewsight.training.metatrain, "load_split", forbidden)
     monkeypatch.setattr(fewsight.run.build, "load_split", forbidden)
 
 

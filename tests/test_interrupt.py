@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-import fewsight.train
+import fewsight.training.metatrain
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
-from fewsight.signals import StopRequests
+from fewsight.training.signals import StopRequests
 from tests.conftest import same
 
 CONFIG = dict(steps=5, meta_batch=2, queries=2, trainval=True, log_every=2, checkpoint_every=100)
@@ -32,7 +32,7 @@ def signalling_learners(monkeypatch, number: int, at_step: int) -> None:
         learner.meta_loss = interrupted
         return learner
 
-    monkeypatch.setattr(fewsight.train, "build_learner", build)
+    monkeypatch.setattr(fewsight.training.metatrain, "build_learner", build)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="signals sent with os.kill")
@@ -42,13 +42,13 @@ def test_a_signal_saves_the_finished_step_and_resume_continues_exactly(
 ):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     handler = signal.getsignal(number)
-    fewsight.train.train(RunConfig(**CONFIG), whole, device="cpu", progress=False)
+    fewsight.training.metatrain.train(RunConfig(**CONFIG), whole, device="cpu", progress=False)
     signalling_learners(monkeypatch, number, at_step=3)
     with pytest.raises(KeyboardInterrupt):
-        fewsight.train.train(RunConfig(**CONFIG), parts, device="cpu", progress=False)
+        fewsight.training.metatrain.train(RunConfig(**CONFIG), parts, device="cpu", progress=False)
     assert torch.load(parts / "checkpoint.pt", weights_only=True)["step"] == 3
     monkeypatch.undo()
-    fewsight.train.train(RunConfig(**CONFIG), parts, device="cpu", resume=True, progress=False)
+    fewsight.training.metatrain.train(RunConfig(**CONFIG), parts, device="cpu", resume=True, progress=False)
     assert same(
         torch.load(whole / "checkpoint.pt", weights_only=True),
         torch.load(parts / "checkpoint.pt", weights_only=True),

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fewsight.cli import main
-from fewsight.schedules import cosine_lr, halving_lr, meta_learning_rate
+from fewsight.training.schedules import cosine_lr, halving_lr, meta_learning_rate
 
 TINY = ["--algorithm", "protonet", "--ways", "3", "--meta-batch", "1", "--queries", "1"]
 TINY += ["--log-every", "1", "--val-every", "100", "--checkpoint-every", "100", "--quiet", "--device", "cpu"]

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from fewsight.algorithms import MAML
+from fewsight.algorithms.multistep import MSL_FLOOR, multi_step_weights
 from fewsight.cli import main
 from fewsight.data import EpisodeSampler
 from fewsight.nets import Conv4
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
 from fewsight.run.folder import load_learner
-from fewsight.schedules import MSL_FLOOR, cosine_lr, multi_step_weights
+from fewsight.training.schedules import cosine_lr
 from tests.conftest import assert_meta_training_lowers_the_loss
 
 SWITCHES = {

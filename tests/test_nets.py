@@ -139,8 +139,8 @@ def test_conv4_trains_under_bf16_autocast():
 def test_maml_meta_gradient_equals_torch_layers_one(monkeypatch: pytest.MonkeyPatch):
     """End to end, float64: the second-order MAML meta-gradient through Conv4's layers (vmapped)
     equals the one through torch's own convolution and a written-out batch norm (per-task loop)."""
-    from fewsight import bench
     from fewsight.nets import conv4
+    from fewsight.training import bench
 
     case = bench.Case("omniglot", "maml", 5, 1, 2, inner_steps=2, queries=2)
     torch.manual_seed(0)

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from fewsight.cli import main
-from fewsight.models import load_exported
-from fewsight.onnx_export import onnx_bytes
-from fewsight.predict import load_images, query_paths
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
+from fewsight.use.export import load_exported
+from fewsight.use.onnx import onnx_bytes
+from fewsight.use.predict import load_images, query_paths
 from tests.conftest import make_task
 
 ort = pytest.importorskip("onnxruntime")

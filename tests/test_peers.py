@@ -16,10 +16,10 @@ from benchmarks.peers import (
     make_peer_step,
     torch_twin,
 )
-from fewsight import bench
 from fewsight.algorithms import MAML
 from fewsight.data import EpisodeSampler
 from fewsight.nets import Conv4
+from fewsight.training import bench
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from fewsight.cli import main
-from fewsight.models import load_exported, load_model
 from fewsight.nets import Conv4, TaskBatchNorm
 from fewsight.nets.population import (
     STATISTICS_FILE,
     estimate_population_statistics,
     has_population_statistics,
 )
+from fewsight.use.export import load_exported
+from fewsight.use.models import load_model
 from tests.conftest import SHARED_DATA, make_task, train_tiny
 
 SAMPLE = SHARED_DATA / "miniimagenet-sample"

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from fewsight.cli import main
-from fewsight.models import load_exported
-from fewsight.predict import load_images
 from fewsight.serve import Limits, Session, create_app
 from fewsight.serve.openapi import PATHS
+from fewsight.use.export import load_exported
+from fewsight.use.predict import load_images
 from tests.serving import post_files, post_json, request, running
 
 

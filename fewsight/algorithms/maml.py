@@ -26,11 +26,11 @@ from torch import nn
 from torch.func import functional_call
 
 from fewsight.algorithms.base import MetaLearner, MetaLoss
+from fewsight.algorithms.multistep import multi_step_weights
 from fewsight.algorithms.recompute import recompute
 from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
 from fewsight.nets.batchnorm import TaskBatchNorm, with_context
-from fewsight.schedules import multi_step_weights
 
 Params = dict[str, torch.Tensor]
 Step = Callable[[Params, torch.Tensor, torch.Tensor, int], Params]  # one inner step: fast -> fast

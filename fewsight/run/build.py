@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
-from fewsight.algorithms import (
-    ANIL,
-    LEO,
-    MAML,
-    MetaLearner,
-    MetaSGD,
-    ProtoNet,
-    Reptile,
-    TaskHypernetwork,
-    WeightPrediction,
-)
+from fewsight.algorithms import MetaLearner
 from fewsight.data import LabelledImages, load_omniglot
 from fewsight.data.folder import labelled_files, load_image_files, split_classes
 from fewsight.data.miniimagenet import load_miniimagenet
 from fewsight.nets import Conv4, ResNet12
-from fewsight.run.config import CHANNELS, DATASETS, MODEL_BASED, RunConfig, mamlpp_preset
+from fewsight.run.algorithms import REGISTRY
+from fewsight.run.config import CHANNELS, DATASETS, MODEL_BASED, RunConfig
 
 
 def channels(config: RunConfig) -> int:
@@ -66,51 +56,14 @@ def _conv4_channels(config: RunConfig) -> int:
     return max(1, round(config.width * hidden))
 
 
+def task_encoder(config: RunConfig) -> Conv4:
+    """The small Conv4 that encodes a task for the hypernetwork: half the backbone's channels."""
+    return Conv4(
+        None, in_channels=channels(config), hidden=_conv4_channels(config) // 2, image_size=config.image_size
+    )
+
+
 def build_learner(config: RunConfig) -> MetaLearner:
-    """A freshly initialised learner for the run's algorithm and backbone."""
+    """A freshly initialised learner for the run's algorithm (its row of run/algorithms.py) and backbone."""
     backbone = build_backbone(config, None if config.algorithm in MODEL_BASED else config.ways)
-    size, transductive = backbone.feature_size, config.transductive
-    if config.algorithm == "protonet":
-        return ProtoNet(backbone, transductive, config.metric)
-    if config.algorithm == "weightpred":
-        return WeightPrediction(backbone, size, config.base_classes, config.base_mix, transductive)
-    if config.algorithm == "hypernet":
-        task_encoder = Conv4(
-            None,
-            in_channels=channels(config),
-            hidden=_conv4_channels(config) // 2,
-            image_size=config.image_size,
-        )
-        return TaskHypernetwork(backbone, task_encoder, transductive)
-    if config.algorithm == "leo":
-        return LEO(
-            backbone, size, steps=config.inner_steps, inner_lr=config.inner_lr, transductive=transductive
-        )
-    options = dict(
-        inner_lr=config.inner_lr,
-        steps=config.inner_steps,
-        eval_steps=config.eval_inner_steps,
-        transductive=transductive,
-    )
-    if config.task_chunk or config.checkpoint_inner:
-        options.update(task_chunk=config.task_chunk, checkpoint_inner=config.checkpoint_inner)
-    if config.task_loop:
-        options.update(per_task=True)
-    if config.algorithm == "metasgd":
-        return MetaSGD(backbone, **options)
-    if config.algorithm == "anil":
-        return ANIL(backbone, **options)
-    if config.algorithm == "reptile":
-        return Reptile(backbone, **options)
-    if config.algorithm == "mamlpp":
-        config = copy.copy(config)
-        mamlpp_preset(config)
-    return MAML(
-        backbone,
-        first_order=config.algorithm == "fomaml",
-        multi_step_loss=config.multi_step_loss,
-        learned_rates=config.learned_inner_lr,
-        per_step_norm=config.per_step_bn,
-        first_order_steps=config.first_order_steps,
-        **options,
-    )
+    return REGISTRY[config.algorithm].build(config, backbone)

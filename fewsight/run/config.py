@@ -10,11 +10,22 @@ from pathlib import Path
 from fewsight.algorithms.protonet import METRICS
 from fewsight.data.omniglot import DRAWERS, DRAWING_SIZE, PROTOCOLS
 from fewsight.errors import FewsightError
+from fewsight.run.algorithms import (
+    BASE_MIX,
+    GRADIENT,
+    MAMLPP_SWITCHES,
+    MEMORY_LEVERS,
+    METRIC,
+    MODEL,
+    REGISTRY,
+    in_words,
+    taking,
+)
 from fewsight.run.files import CONFIG, write_json
 
-GRADIENT_BASED = ("maml", "fomaml", "metasgd", "anil", "reptile", "mamlpp")
-MODEL_BASED = ("protonet", "weightpred", "hypernet", "leo")
-ALGORITHMS = GRADIENT_BASED + MODEL_BASED
+ALGORITHMS = tuple(REGISTRY)
+GRADIENT_BASED = tuple(name for name, a in REGISTRY.items() if a.family == GRADIENT)
+MODEL_BASED = tuple(name for name, a in REGISTRY.items() if a.family == MODEL)
 DATASETS = ("omniglot", "miniimagenet")
 CHANNELS = {"omniglot": 1, "miniimagenet": 3}  # a user's own data set: 3 (RGB)
 BACKBONES = ("conv4", "resnet12")
@@ -117,12 +128,14 @@ class RunConfig:
             raise FewsightError("--inner-lr and --meta-lr must be positive and finite")
         if not 0 <= self.base_mix <= 1:
             raise FewsightError("--base-mix is a probability: use a value in [0, 1]")
-        if self.base_mix > 0 and self.algorithm != "weightpred":
-            raise FewsightError("--base-mix applies to --algorithm weightpred only")
+        if self.base_mix > 0 and self.algorithm not in taking(BASE_MIX):
+            raise FewsightError(f"--base-mix applies to --algorithm {in_words(taking(BASE_MIX), 'or')} only")
         if self.metric not in METRICS:
             raise FewsightError(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
-        if self.metric != "euclidean" and self.algorithm != "protonet":
-            raise FewsightError("--metric applies to --algorithm protonet only; drop it")
+        if self.metric != "euclidean" and self.algorithm not in taking(METRIC):
+            raise FewsightError(
+                f"--metric applies to --algorithm {in_words(taking(METRIC), 'or')} only; drop it"
+            )
         for name in ("multi_step_loss", "first_order_steps", "task_chunk", "lr_halve_every"):
             if getattr(self, name) < 0:
                 raise FewsightError(f"--{name.replace('_', '-')} must be 0 (off) or more")
@@ -131,16 +144,15 @@ class RunConfig:
                 "--cosine-lr (which --algorithm mamlpp turns on) and --lr-halve-every are two schedules: "
                 "keep one"
             )
-        switches = ("multi_step_loss", "learned_inner_lr", "per_step_bn", "first_order_steps")
-        if self.algorithm not in ("maml", "fomaml", "mamlpp") and any(getattr(self, n) for n in switches):
+        switches = [n for n in MAMLPP_SWITCHES if getattr(self, n) and self.algorithm not in taking(n)]
+        if switches:
+            names = in_words(taking(switches[0]), "or")
+            raise FewsightError(f"the MAML++ switches apply to --algorithm {names} only; drop them")
+        memory = [n for n in MEMORY_LEVERS if getattr(self, n) and self.algorithm not in taking(n)]
+        if memory:
             raise FewsightError(
-                "the MAML++ switches apply to --algorithm maml, fomaml or mamlpp only; drop them"
-            )
-        memory = self.task_chunk or self.checkpoint_inner or self.task_loop
-        if memory and self.algorithm not in ("maml", "fomaml", "mamlpp", "metasgd", "anil"):
-            raise FewsightError(
-                "--task-chunk, --checkpoint-inner and --task-loop apply to maml, fomaml, mamlpp, metasgd "
-                "and anil only"
+                f"--task-chunk, --checkpoint-inner and --task-loop apply to "
+                f"{in_words(taking(memory[0]), 'and')} only"
             )
         check_seed(self.seed)
         check_backbone(self.backbone, self.width, self.drop_rate)
@@ -189,13 +201,3 @@ def check_backbone(backbone: str, width: float, drop_rate: float) -> None:
         raise FewsightError("--drop-rate is a probability: use a value in [0, 1)")
     if drop_rate > 0 and backbone != "resnet12":
         raise FewsightError("--drop-rate applies to --backbone resnet12 only")
-
-
-def mamlpp_preset(config: RunConfig) -> None:
-    """Turn on MAML++'s switches for --algorithm mamlpp, with schedules from the run's length: the
-    multi-step loss annealed over the first 10% of the steps, first order for the first third."""
-    if config.algorithm != "mamlpp":
-        return
-    config.learned_inner_lr = config.per_step_bn = config.cosine_lr = True
-    config.multi_step_loss = config.multi_step_loss or max(1, config.steps // 10)
-    config.first_order_steps = config.first_order_steps or config.steps // 3

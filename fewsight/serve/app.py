@@ -14,11 +14,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from fewsight.errors import FewsightError
-from fewsight.models import EXPORT_FORMATS
 from fewsight.serve.guards import guards
 from fewsight.serve.openapi import document
 from fewsight.serve.session import Session
 from fewsight.serve.uploads import UploadError, read_files
+from fewsight.use.export import EXPORT_FORMATS
 
 STATIC = Path(__file__).parent / "static"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fewsight.models import EXPORT_FORMATS
+from fewsight.use.export import EXPORT_FORMATS
 
 
 def _json(schema: dict, description: str = "OK") -> dict:

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewsight.models import classifier_bytes, load_exported, load_model, max_ways
-from fewsight.predict import Prediction, classify, model_input, write_csv
 from fewsight.run.build import channels
 from fewsight.run.config import MODEL_BASED
 from fewsight.serve.uploads import Limits, UploadError, decode_upload
+from fewsight.use.export import classifier_bytes, load_exported
+from fewsight.use.models import load_model, max_ways
+from fewsight.use.predict import Prediction, classify, model_input, write_csv
 
 
 @dataclass

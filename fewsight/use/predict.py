@@ -13,6 +13,8 @@ from fewsight.data.decode import decode_image
 from fewsight.errors import FewsightError
 from fewsight.run.build import channels
 from fewsight.run.config import RunConfig
+from fewsight.use.export import load_exported
+from fewsight.use.models import load_model, max_ways
 
 
 @dataclass
@@ -94,6 +96,22 @@ def classify(
         best = max(range(len(row)), key=row.__getitem__)
         results.append(Prediction(label, names[best], row[best], row))
     return results
+
+
+def adapted_classifier(
+    model: str | Path, support: Path | None, device: torch.device | str = "cpu"
+) -> tuple[RunConfig, torch.nn.Module, list[str]]:
+    """Config, classifier and class names: those of a file written by fewsight export, or a model (run
+    folder or bundled name) adapted to `support`, a folder of one subfolder of a few images per class."""
+    if Path(model).is_file():
+        if support is not None:
+            raise FewsightError(f"{model} is an exported classifier with its classes; drop --support")
+        return load_exported(Path(model), device)
+    if support is None:
+        raise FewsightError("pass --support DIR: one subfolder of a few images per class")
+    config, learner = load_model(model, device)
+    support_x, support_y, names = read_support(support, config, max_ways(config))
+    return config, learner.adapt(support_x.to(device), support_y.to(device)), names
 
 
 def predict(

@@ -1,7 +1,7 @@
 """An adapted classifier as an ONNX model, for ONNX Runtime and the runtimes that import ONNX.
 
 The model maps `images`, floats (B, C, H, W) in [0, 1] already in the model's form (resized to the
-run's image size; Omniglot inverted: bright strokes on black; see `fewsight.predict.model_input`),
+run's image size; Omniglot inverted: bright strokes on black; see `fewsight.use.predict.model_input`),
 to `logits` (B, N). The adapted weights (MAML family) or the predicted head (model-based family)
 are constants of the graph, and so are the support images whose statistics normalise queries in
 non-transductive mode; the class names are in the model's metadata (`class_names`, JSON).

@@ -14,34 +14,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from fewsight.data import EpisodeSampler
 from fewsight.data.augment import augment
 from fewsight.errors import FewsightError
-from fewsight.evaluate import evaluate
 from fewsight.run.build import assign_classes, build_learner, load_split
 from fewsight.run.config import RunConfig
-from fewsight.run.files import keep_metrics_until, save_checkpoint, write_atomic
-from fewsight.run.folder import (
-    check_new_folder,
-    merge_resume_settings,
-    random_states,
-    restore_random_states,
-    resumable_checkpoint,
-    resumed_length,
-)
-from fewsight.schedules import cosine_lr
-from fewsight.signals import StopRequests
-from fewsight.train import VALIDATION_SEED
+from fewsight.run.files import CONFIG, write_json
+from fewsight.run.folder import start_or_resume
+from fewsight.training import loop
 from fewsight.training.device import autocast, default_device
+from fewsight.training.evaluate import Accuracy, evaluate
+from fewsight.training.metatrain import VALIDATION_SEED
+from fewsight.training.schedules import cosine_lr
 
 MOMENTUM = 0.9
 DROP_RAMP = 0.5  # DropBlock's rate rises linearly to its value over this fraction of the steps
@@ -102,7 +93,7 @@ class PretrainConfig:
     def save(self, folder: Path) -> None:
         """Write config.json: the ProtoNet RunConfig, with these settings under "pretrain"."""
         settings = {**asdict(self.run_config()), "pretrain": asdict(self)}
-        write_atomic((json.dumps(settings, indent=2) + "\n").encode(), folder / "config.json")
+        write_json(settings, folder / CONFIG)
 
     @classmethod
     def load(cls, folder: Path) -> PretrainConfig:
@@ -118,7 +109,7 @@ class PretrainConfig:
 
 def _pretrain_settings(folder: str | os.PathLike) -> dict | None:
     """The "pretrain" settings of a run folder's config.json; None for a training run."""
-    settings = json.loads((Path(folder) / "config.json").read_text()).get("pretrain")
+    settings = json.loads((Path(folder) / CONFIG).read_text()).get("pretrain")
     return settings if isinstance(settings, dict) else None
 
 
@@ -130,6 +121,7 @@ def is_pretrain_run(folder: str | os.PathLike) -> bool:
 def pretrain(
     config: PretrainConfig,
     out: str | os.PathLike,
+    *,
     data_root: str | os.PathLike | None = None,
     device: torch.device | str | None = None,
     resume: bool = False,
@@ -144,17 +136,17 @@ def pretrain(
     """
     out = Path(out)
     device = torch.device(device) if device is not None else default_device()
-    state = None
-    if resume:
-        epochs = config.epochs
-        given, config = config, PretrainConfig.load(out)
-        bookkeeping = ("log_every", "val_episodes", "checkpoint_every")  # may change on resume
-        merge_resume_settings(given, config, bookkeeping, handled=("epochs",))
-        config.epochs = resumed_length(config.epochs, epochs, "epochs", cosine=True)
-        why_not = "fewsight pretrain did not write it, so it cannot be resumed"
-        state = resumable_checkpoint(out, _RESUMABLE, device, why_not)
-    else:
-        check_new_folder(out)
+    config, state = start_or_resume(
+        config,
+        out,
+        resume,
+        length="epochs",
+        adjustable=("log_every", "val_episodes", "checkpoint_every"),  # may change on resume
+        cosine=lambda saved: True,
+        keys=_RESUMABLE,
+        why_not="fewsight pretrain did not write it, so it cannot be resumed",
+        device=device,
+    )
     config.validate()
     autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
     run = config.run_config()
@@ -185,9 +177,7 @@ def pretrain(
     generator = torch.Generator(device).manual_seed(config.seed)  # augmentation (device)
     per_epoch = len(labels) // config.batch_size  # the last partial batch of an epoch is dropped
     total = config.epochs * per_epoch
-    loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), device=device)
-    interval_steps, start, order = 0, 0, None
+    order = None
     if state is not None:
         learner.load_state_dict(state["learner"])
         head.load_state_dict(state["head"])
@@ -195,86 +185,60 @@ def pretrain(
         shuffler.set_state(state["shuffler"].cpu())
         order = state["order"].to(device)
         generator.set_state(state["generator"].cpu())
-        restore_random_states(state, device)
-        loss_sum.copy_(state["interval"]["loss"])
-        correct_sum.copy_(state["interval"]["accuracy"])
-        interval_steps, start = state["interval"]["steps"], state["step"]
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out)
-    keep_metrics_until(out / "metrics.jsonl", start)
 
-    def checkpoint(step: int) -> None:
-        snapshot = {
+    def step(number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal order
+        index = (number - 1) % per_epoch
+        if index == 0:
+            order = torch.randperm(len(labels), generator=shuffler).to(device)
+        chosen = order[index * config.batch_size : (index + 1) * config.batch_size]
+        x, y = images[chosen].float() / 255, labels[chosen]
+        if config.augment:
+            x = augment(x, generator)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(config.lr, number, total, floor_fraction=0.0)
+        if hasattr(backbone, "set_drop_rate"):
+            backbone.set_drop_rate(config.drop_rate * min(1.0, number / (DROP_RAMP * total)))
+        with autocast(device, config.bf16):
+            logits = head(backbone(x))
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), (logits.argmax(-1) == y).float().mean()
+
+    def end_of_epoch(number: int) -> bool:
+        return number % per_epoch == 0
+
+    def validate(number: int) -> Accuracy | None:
+        if validation is None or not end_of_epoch(number):
+            return None
+        return evaluate(learner, validation, config.val_episodes, 25, VALIDATION_SEED)
+
+    plan = loop.Plan(
+        name="pre-training",
+        total=total,
+        step=step,
+        state=lambda: {
             "learner": learner.state_dict(),
             "head": head.state_dict(),
             "optimizer": optimizer.state_dict(),
             "shuffler": shuffler.get_state(),
             "order": order,
             "generator": generator.get_state(),
-            **random_states(device),
-            "step": step,
-            "interval": {"loss": loss_sum, "accuracy": correct_sum, "steps": interval_steps},
-        }
-        save_checkpoint(snapshot, out, step)
-
-    metrics = open(out / "metrics.jsonl", "a")  # noqa: SIM115
-    bar = tqdm(total=total, initial=start, desc="pre-training", disable=not progress)
-    interval_start = time.perf_counter()
-    try:
-        with StopRequests() as stop:
-            for step in range(start + 1, total + 1):
-                epoch, index = divmod(step - 1, per_epoch)
-                if index == 0:
-                    order = torch.randperm(len(labels), generator=shuffler).to(device)
-                chosen = order[index * config.batch_size : (index + 1) * config.batch_size]
-                x, y = images[chosen].float() / 255, labels[chosen]
-                if config.augment:
-                    x = augment(x, generator)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(config.lr, step, total, floor_fraction=0.0)
-                if hasattr(backbone, "set_drop_rate"):
-                    backbone.set_drop_rate(config.drop_rate * min(1.0, step / (DROP_RAMP * total)))
-                with autocast(device, config.bf16):
-                    logits = head(backbone(x))
-                loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                interval_steps += 1
-                loss_sum += loss.detach()
-                correct_sum += (logits.argmax(-1) == y).float().mean()
-                bar.update()
-                end_of_epoch = index == per_epoch - 1
-                if step % config.log_every == 0 or end_of_epoch:
-                    row = {
-                        "step": step,
-                        "epoch": step / per_epoch,
-                        "loss": loss_sum.item() / interval_steps,
-                        "accuracy": correct_sum.item() / interval_steps,
-                        "lr": cosine_lr(config.lr, step, total, floor_fraction=0.0),
-                        "images_per_s": interval_steps
-                        * config.batch_size
-                        / (time.perf_counter() - interval_start),
-                    }
-                    if not math.isfinite(row["loss"]):
-                        raise FewsightError(f"pre-training diverged by step {step}; lower --lr")
-                    if validation is not None and end_of_epoch:
-                        accuracy = evaluate(learner, validation, config.val_episodes, 25, VALIDATION_SEED)
-                        row["val_accuracy"], row["val_ci95"] = accuracy.mean, accuracy.ci95
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
-                    interval_steps = 0
-                    loss_sum.zero_()
-                    correct_sum.zero_()
-                    interval_start = time.perf_counter()
-                if step % config.checkpoint_every == 0 or step == total or stop.requested:
-                    checkpoint(step)
-                if stop.requested:
-                    raise KeyboardInterrupt
-    finally:
-        bar.close()
-        metrics.close()
-    return out
+        },
+        log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every,
+        throughput=("images_per_s", config.batch_size),
+        fix="lower --lr",
+        columns=lambda number: {
+            "epoch": number / per_epoch,
+            "lr": cosine_lr(config.lr, number, total, floor_fraction=0.0),
+        },
+        log_at=end_of_epoch,
+        validate=validate,
+        postfix=lambda row: {"epoch": math.ceil(row["epoch"])},
+    )
+    return loop.run(plan, config, out, state, device, progress=progress)

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from fewsight.algorithms import MetaLearner
 from fewsight.data import EpisodeSampler
 from fewsight.data.episodes import fixed_batches
-from fewsight.distributed import gather, is_main, world
+from fewsight.training.distributed import gather, is_main, world
 
 
 @dataclass

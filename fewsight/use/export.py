@@ -1,4 +1,4 @@
-"""Models by name: a run folder, an exported classifier file, or a model bundled with fewsight."""
+"""An adapted classifier as one small file: fewsight's own (`pt`) or ONNX, and back."""
 
 from __future__ import annotations
 
@@ -9,41 +9,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fewsight.algorithms import MAML, AdaptedClassifier, MetaLearner, ParameterPredictor, PredictedClassifier
+from fewsight.algorithms import MAML, AdaptedClassifier, ParameterPredictor, PredictedClassifier
 from fewsight.errors import FewsightError
-from fewsight.nets.population import load_population_statistics
-from fewsight.onnx_export import onnx_bytes
 from fewsight.run.build import build_learner
-from fewsight.run.config import MODEL_BASED, RunConfig
+from fewsight.run.config import RunConfig
 from fewsight.run.files import serialise, write_atomic
-from fewsight.run.folder import load_learner
+from fewsight.use.onnx import onnx_bytes
 
-BUNDLED = Path(__file__).parent / "models"
 EXPORT_FORMAT = "fewsight-classifier/1"
-
-
-def bundled_names() -> list[str]:
-    """Names of the models that ship with fewsight."""
-    return sorted(p.name for p in BUNDLED.iterdir() if (p / "config.json").is_file())
-
-
-def resolve_run(model: str | Path) -> Path:
-    """The run folder behind a model name or path (bundled models are run folders too)."""
-    path = Path(model)
-    if (path / "config.json").is_file():
-        return path
-    if str(model) in bundled_names():
-        return BUNDLED / str(model)
-    raise FewsightError(
-        f"{model} is neither a run folder, an exported file nor a bundled model "
-        f"({', '.join(bundled_names())})"
-    )
-
-
-def max_ways(config: RunConfig) -> int | None:
-    """The number of classes a model must take: the MAML family's head is fixed (its training ways);
-    None for the model-based family, which takes any number."""
-    return None if config.algorithm in MODEL_BASED else config.ways
 
 
 def adapted_state(classifier: nn.Module) -> dict[str, torch.Tensor]:
@@ -62,7 +35,7 @@ def classifier_bytes(
     config: RunConfig, classifier: nn.Module, class_names: list[str], format: str = "pt"
 ) -> bytes:
     """An adapted classifier as the bytes of one file: fewsight's own (`pt`, weights_only-loadable:
-    tensors and strings) or an ONNX model (`onnx`, see fewsight/onnx_export.py).
+    tensors and strings) or an ONNX model (`onnx`, see fewsight/use/onnx.py).
 
     The `pt` file holds the meta-learned weights, the task's adapted parameters or predicted head,
     the class names and the support images (uint8) whose statistics normalise queries in
@@ -114,18 +87,3 @@ def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[RunCo
     else:
         raise FewsightError(f"{path}: unknown learner {type(learner).__name__}")
     return config, classifier, state["class_names"]
-
-
-def load_model(
-    model: str | Path, device: torch.device | str = "cpu", weights: str = "last", norm: str = "model"
-) -> tuple[RunConfig, MetaLearner]:
-    """Config and learner (in eval mode) of a run folder or bundled model: its last checkpoint, or its
-    best-validated weights (`weights="best"`). With norm="model" it normalises as the model ships:
-    with the fixed statistics of its population.pt where it has one; norm="task" ignores that file."""
-    folder = resolve_run(model)
-    config, learner = load_learner(folder, device, weights)
-    if norm == "model":
-        load_population_statistics(learner, folder)
-    elif norm != "task":
-        raise FewsightError(f"unknown norm {norm!r}; use model or task")
-    return config, learner.eval()

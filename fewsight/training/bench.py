@@ -21,9 +21,10 @@ import torch
 from fewsight.algorithms import MetaLearner
 from fewsight.data.episodes import EpisodeSampler, TaskBatch
 from fewsight.data.images import LabelledImages
-from fewsight.graphs import capture, static_copy
+from fewsight.run.algorithms import REGISTRY
 from fewsight.run.build import build_learner
 from fewsight.run.config import CHANNELS, DEFAULT_IMAGE_SIZE, GRADIENT_BASED, RunConfig
+from fewsight.training.graphs import capture, static_copy
 
 MetaGradient = Callable[[], dict[str, torch.Tensor]]
 Implementation = Callable[[MetaLearner, TaskBatch], MetaGradient]
@@ -72,7 +73,7 @@ class Case:
 def _suite() -> list[Case]:
     """The issue's settings: Omniglot 5- and 20-way, miniImageNet 5-way with Conv4 and ResNet-12, every
     algorithm; and the memory levers (tasks in chunks, checkpointed inner loop)."""
-    algorithms = ("maml", "fomaml", "metasgd", "anil", "protonet", "weightpred", "hypernet", "leo")
+    algorithms = tuple(name for name, algorithm in REGISTRY.items() if algorithm.bench)
     cases = [Case("omniglot", a, 5, 1, 32) for a in algorithms]
     cases += [Case("omniglot", a, 20, 1, 16) for a in ("maml", "protonet")]
     cases += [Case("omniglot", "maml", 5, 1, 32, options=(("task_chunk", c),)) for c in (8, 1)]

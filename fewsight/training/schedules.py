@@ -1,24 +1,10 @@
-"""Schedules over meta-training steps, as plain functions of the step (so a resumed run follows them
-exactly): MAML++'s multi-step loss weights and the meta learning rate, cosine-annealed (MAML++) or
-halved at intervals (Snell et al.)."""
+"""Learning-rate schedules, as plain functions of the step (so a resumed run follows them exactly):
+cosine-annealed (MAML++, pre-training) or halved at intervals (Snell et al.). MAML++'s multi-step
+loss weights, a schedule of the algorithm itself, are in fewsight/algorithms/multistep.py."""
 
 from __future__ import annotations
 
 import math
-
-MSL_FLOOR = 0.03  # MAML++: each earlier step keeps at least 0.03 / steps of the loss
-
-
-def multi_step_weights(steps: int, step: int, anneal: int) -> list[float]:
-    """Weights (summing to 1) of the query loss after each of `steps` inner steps at meta-step `step`:
-    uniform at step 0, moving linearly towards the last step over the first `anneal` meta-steps,
-    until each earlier step is down to MSL_FLOOR / steps (Antoniou et al. 2019)."""
-    if steps == 1:
-        return [1.0]
-    floor = MSL_FLOOR / steps
-    decay = step / (steps * anneal)
-    earlier = max(1 / steps - decay, floor)
-    return [earlier] * (steps - 1) + [1 - (steps - 1) * earlier]
 
 
 def cosine_lr(base: float, step: int, total: int, floor_fraction: float = 0.01) -> float:

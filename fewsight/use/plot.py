@@ -4,6 +4,7 @@ prediction marked right or wrong, and accuracy against the number of adaptation 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -11,7 +12,9 @@ import torch
 from fewsight.algorithms import MAML, MetaLearner
 from fewsight.data import EpisodeSampler
 from fewsight.errors import FewsightError
-from fewsight.evaluate import evaluate
+from fewsight.run.build import load_split
+from fewsight.training.evaluate import evaluate
+from fewsight.use.models import BUNDLED, load_model, resolve_run
 
 
 def _pyplot():
@@ -131,3 +134,29 @@ def plot_adaptation_steps(
     figure.savefig(out, dpi=100)
     plt.close(figure)
     return out
+
+
+def plot_run(
+    model: str | Path,
+    device: torch.device | str = "cpu",
+    out: Path | None = None,
+    split: str = "test",
+    max_steps: int = 10,
+    episodes: int = 100,
+    data_root: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Write curves.png, episode.png and, for the MAML family, steps.png of a run folder or bundled
+    model into `out` (default: RUN/plots, or ./plots for a bundled model); returns the files."""
+    if max_steps < 1 or episodes < 1:
+        raise FewsightError("--max-steps and --episodes must be at least 1")
+    run = resolve_run(model)
+    out = out or (Path("plots") if run.parent == BUNDLED else run / "plots")
+    out.mkdir(parents=True, exist_ok=True)
+    config, learner = load_model(run, device)
+    data = load_split(config, split, data_root, progress)
+    sampler = EpisodeSampler(data, config.ways, config.shots, config.queries, device)
+    written = [plot_curves(run, out / "curves.png"), plot_episode(learner, sampler, out / "episode.png")]
+    if isinstance(learner, MAML):
+        written.append(plot_adaptation_steps(learner, sampler, out / "steps.png", max_steps, episodes))
+    return written

@@ -1,0 +1,150 @@
+"""What the commands share: flags made from a config's fields, the data, device and progress flags,
+the device a command runs on, and the one-line error for a GPU out of memory."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fewsight.errors import FewsightError
+from fewsight.run.config import ALGORITHMS, BACKBONES, METRICS, RunConfig
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULTS = RunConfig()
+KEPT_ON_RESUME = ("steps", "epochs")  # a run's length: left out of a --resume command, the run's own
+MAMLPP_INNER_STEPS = 5  # as in the MAML++ paper, at training and test time
+HELP = {
+    "dataset": "omniglot, miniimagenet, or the path of your own folder of class subfolders or CSV "
+    "of file,label rows (its classes are split 60/20/20 into train/val/test, saved in config.json)",
+    "protocol": "class split of the data set: maml (1,200 training characters with rotations) or lake",
+    "image_size": "images are resized to this square size (default: 28 for omniglot, 84 for miniimagenet)",
+    "algorithm": "meta-learning algorithm",
+    "ways": "classes per task (N)",
+    "shots": "labelled support images per class (K)",
+    "queries": "query images per class (Q)",
+    "meta_batch": "tasks per meta-update (T)",
+    "steps": "meta-updates in all (with --resume: raise it to train longer)",
+    "inner_lr": "step size of the inner gradient steps (leo: initial latent step size)",
+    "inner_steps": "inner gradient steps while meta-training (leo: latent steps, always) "
+    f"(default: {DEFAULTS.inner_steps}; mamlpp: {MAMLPP_INNER_STEPS})",
+    "eval_inner_steps": "inner gradient steps at validation and test time "
+    f"(default: {DEFAULTS.eval_inner_steps}; mamlpp: {MAMLPP_INNER_STEPS})",
+    "meta_lr": "Adam's learning rate for the meta-update",
+    "base_mix": "weightpred: probability of using a class's stored base weights while meta-training",
+    "metric": "protonet: compare queries with the class prototypes by squared euclidean distance, or by "
+    "cosine similarity times a learned temperature starting at 10 (Meta-Baseline)",
+    "seed": "seed of the initialisation and of the training episodes",
+    "val_every": "validate every this many steps",
+    "val_episodes": "validation episodes (fixed)",
+    "log_every": "write a metrics line every this many steps",
+    "checkpoint_every": "save a checkpoint every this many steps",
+    "multi_step_loss": "MAML++ multi-step loss: the query loss after every inner step, its weights moved "
+    "towards the last step over this many meta-steps (0: off; mamlpp: 10%% of --steps)",
+    "first_order_steps": "MAML++ derivative-order annealing: first-order meta-gradient for this many "
+    "meta-steps, then second order (mamlpp: 0 means a third of --steps; 1 is second order at once)",
+    "task_chunk": "memory: meta-gradient of this many tasks at a time, each chunk's graph freed before "
+    "the next (same result; 0: the whole meta-batch at once)",
+    "backbone": "conv4 (the papers' four blocks) or resnet12 (64-160-320-640, as MetaOptNet and RFS)",
+    "width": "multiply the backbone's channel counts by this (1: the papers' widths)",
+    "drop_rate": "resnet12: DropBlock rate in its last two blocks while training (MetaOptNet, RFS: 0.1)",
+    "init": "start the backbone from this run's (e.g. a fewsight pretrain run's); the head is not copied",
+}
+AUGMENT_HELP = "augment training images on the device: random resized crop, flip, colour jitter"
+_CHOICES = {"algorithm": ALGORITHMS, "protocol": ("maml", "lake"), "backbone": BACKBONES, "metric": METRICS}
+
+
+def config_flags(
+    parser: argparse.ArgumentParser,
+    defaults: object,
+    helps: dict[str, str],
+    unset: tuple[str, ...] = ("image_size",),
+) -> None:
+    """One flag per setting of a config dataclass that has a help text (--snake-case); the `unset`
+    ones default to None (their default depends on other flags), and so do the KEPT_ON_RESUME ones
+    (a new run gets the dataclass's default, a resumed one keeps its own)."""
+    for field in fields(defaults):
+        if field.name not in helps:
+            continue
+        default = getattr(defaults, field.name)
+        hidden = field.name in unset or default == ""
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=type(default),
+            default=None if field.name in unset or field.name in KEPT_ON_RESUME else default,
+            choices=_CHOICES.get(field.name),
+            help=helps[field.name] + ("" if hidden else f" (default: {default})"),
+        )
+
+
+def data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-root",
+        help="folder holding omniglot/images_*.zip or miniimagenet/ (images/ and the split csv files) "
+        "(default: $FEWSIGHT_DATA, else ~/.cache/fewsight/data)",
+    )
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
+def out_of_memory(device, fix: str) -> FewsightError:
+    """The one-line error for a GPU out of memory: how much of the card this process and the others
+    hold (several trainings side by side on one card are the usual cause), and the fix."""
+    import torch
+
+    gib = 2**30
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+    except RuntimeError:  # the card cannot even answer: say what we can
+        return FewsightError(f"out of memory on {device}; {fix}")
+    mine = torch.cuda.memory_reserved(device)
+    others = max(total - free - mine, 0)
+    return FewsightError(
+        f"out of memory on {device} (this run holds {mine / gib:.1f} GiB, other processes "
+        f"{others / gib:.1f} GiB, of {total / gib:.1f}); {fix}, or run fewer processes on the card"
+    )
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The device a --device flag names, checked to exist (default: cuda if available, else cpu)."""
+    import torch
+
+    from fewsight.training.device import default_device
+
+    if name is None:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise FewsightError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from error
+    if device.type not in ("cpu", "cuda"):
+        raise FewsightError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FewsightError("no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise FewsightError(f"there is no {name} here: {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed episode shapes: pick the fastest kernels once
+    return device
+
+
+def settings(args: argparse.Namespace, config_class: type) -> dict:
+    """The config's settings from the flags: a data set path made absolute, the image size defaulted."""
+    from fewsight.run.config import DATASETS, DEFAULT_IMAGE_SIZE
+
+    values = {f.name: getattr(args, f.name) for f in fields(config_class) if hasattr(args, f.name)}
+    for name in KEPT_ON_RESUME:
+        if name in values and values[name] is None:  # 1: a resumed run keeps its own, the longer
+            values[name] = 1 if args.resume else getattr(config_class(), name)
+    if args.dataset not in DATASETS and Path(args.dataset).exists():
+        values["dataset"] = str(Path(args.dataset).resolve())
+    if values["image_size"] is None:
+        values["image_size"] = DEFAULT_IMAGE_SIZE.get(args.dataset, 84)
+    return values

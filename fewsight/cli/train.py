@@ -1,0 +1,121 @@
+"""fewsight train: meta-train a model into a run folder (fewsight.training.metatrain)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fewsight.cli.common import (
+    AUGMENT_HELP,
+    DEFAULTS,
+    HELP,
+    MAMLPP_INNER_STEPS,
+    config_flags,
+    data_flags,
+    out_of_memory,
+    pick_device,
+    settings,
+)
+from fewsight.run.config import RunConfig
+
+_RESOLVED_LATER = ("image_size", "inner_steps", "eval_inner_steps")  # their defaults depend on other flags
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="meta-train a model into a run folder",
+        description="Meta-train a model; writes config.json, metrics.jsonl and checkpoint.pt into --out.",
+    )
+    config_flags(parser, DEFAULTS, HELP, _RESOLVED_LATER)
+    parser.add_argument(
+        "--non-transductive",
+        action="store_true",
+        help="normalise queries with the support set's batch statistics, not their own",
+    )
+    parser.add_argument(
+        "--trainval",
+        action="store_true",
+        help="train on train+val classes (the papers' protocol) and skip validation",
+    )
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs that support it)")
+    parser.add_argument("--augment", action="store_true", help=AUGMENT_HELP)
+    parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="record the meta-training step once as a CUDA graph and replay it, 2-3x faster; applies on "
+        "a GPU in one process (default: on; --no-cuda-graphs runs the step eagerly)",
+    )
+    parser.add_argument(
+        "--learned-inner-lr",
+        action="store_true",
+        help="MAML++: learn one inner step size per parameter tensor and per inner step",
+    )
+    parser.add_argument(
+        "--per-step-bn",
+        action="store_true",
+        help="MAML++: a batch-norm scale and shift for every inner step, meta-learned, not adapted",
+    )
+    parser.add_argument(
+        "--cosine-lr",
+        action="store_true",
+        help="anneal the meta learning rate along a cosine from --meta-lr to 1%% of it over --steps",
+    )
+    parser.add_argument(
+        "--lr-halve-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="halve the meta learning rate every this many steps (ProtoNet as Snell et al.: 2000; 0: off)",
+    )
+    parser.add_argument(
+        "--checkpoint-inner",
+        action="store_true",
+        help="memory: recompute each inner step in the backward pass instead of keeping its activations "
+        "(same result, more time)",
+    )
+    parser.add_argument(
+        "--task-loop",
+        action="store_true",
+        help="memory: adapt the tasks one after another with plain autograd instead of all at once "
+        "(same result, slower); with --task-chunk 1 only one task's graph is alive, as in learn2learn",
+    )
+    parser.add_argument(
+        "--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    data_flags(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from fewsight.training.metatrain import train
+
+    values = settings(args, RunConfig)
+    for name in ("inner_steps", "eval_inner_steps"):
+        if values[name] is None:
+            values[name] = MAMLPP_INNER_STEPS if args.algorithm == "mamlpp" else getattr(DEFAULTS, name)
+    if args.init:
+        values["init"] = str(Path(args.init).resolve())
+    config = RunConfig(**{**values, "transductive": not args.non_transductive})
+    config.validate()
+    device = pick_device(args.device)
+    try:
+        out = train(
+            config,
+            args.out,
+            data_root=args.data_root,
+            device=device,
+            resume=args.resume,
+            progress=not args.quiet,
+            tensorboard=args.tensorboard,
+        )
+    except torch.cuda.OutOfMemoryError as error:
+        raise out_of_memory(device, "lower --meta-batch, --ways, --queries or --inner-steps") from error
+    from fewsight.training.distributed import is_main
+
+    if is_main():
+        print(f"trained: {out}")

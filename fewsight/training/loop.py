@@ -1,0 +1,173 @@
+"""The one training loop of meta-training and pre-training: what differs (the step, its batches, the
+schedule, what validation scores) comes in a `Plan`; resuming, checkpoints, Ctrl-C and SIGTERM,
+validation and best.pt, the metrics log, TensorBoard and the progress bar are written here once."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fewsight.errors import FewsightError
+from fewsight.run.files import METRICS, best_score_until, keep_metrics_until, save_best, save_checkpoint
+from fewsight.run.folder import random_states, restore_random_states
+from fewsight.training.distributed import all_sum
+from fewsight.training.evaluate import Accuracy
+from fewsight.training.signals import StopRequests
+
+
+class Settings(Protocol):
+    def save(self, folder: Path) -> None: ...
+
+
+@dataclass
+class Plan:
+    """What a training run does at each step, and how it logs and validates; `run` does the rest."""
+
+    name: str  # "training", "pre-training": for the progress bar and the divergence error
+    total: int  # the run's length in steps
+    step: Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # step n (1..total): (loss, accuracy)
+    state: Callable[[], dict]  # the run's own part of a checkpoint: weights, optimiser, generators
+    log_every: int
+    checkpoint_every: int
+    throughput: tuple[str, int]  # the metrics column of items per second, and the items of a step
+    fix: str  # the flags to lower when training diverges
+    columns: Callable[[int], dict] = lambda step: {}  # more metrics columns of a logged step
+    log_at: Callable[[int], bool] = lambda step: False  # steps that log besides every log_every-th
+    validate: Callable[[int], Accuracy | None] = lambda step: None  # run at a logged step, or not
+    learner: nn.Module | None = None  # given: best.pt keeps its weights when validation scores best
+    check_weights: bool = False  # refuse to checkpoint the learner's weights when one is not finite
+    postfix: Callable[[dict], dict] = lambda row: {}  # more progress-bar fields from a metrics row
+    bar: str = ""  # the progress bar's description, if not `name`
+
+
+def run(
+    plan: Plan,
+    settings: Settings,
+    out: Path,
+    state: dict | None,
+    device: torch.device,
+    *,
+    progress: bool = True,
+    main: bool = True,
+    processes: int = 1,
+    board_class: type | None = None,
+) -> Path:
+    """Train by `plan` into the run folder `out`, from the checkpoint `state` (None: a new run, whose
+    learner, optimiser and generators the caller has built; otherwise the caller has restored their
+    part of `state`). Only the `main` process writes; losses are averaged over the `processes`.
+    Ctrl-C or SIGTERM finishes the step and saves a checkpoint first; a non-finite loss or weight
+    stops training with a FewsightError and no checkpoint holding one is ever written."""
+    # Sums over the steps since the last metrics row, kept on the device (no host sync per step).
+    loss_sum = torch.zeros((), device=device)
+    accuracy_sum = torch.zeros((), device=device)
+    interval_steps, start = 0, 0
+    if state is not None:
+        restore_random_states(state, device)
+        loss_sum.copy_(state["interval"]["loss"])
+        accuracy_sum.copy_(state["interval"]["accuracy"])
+        interval_steps, start = state["interval"]["steps"], state["step"]
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        settings.save(out)
+        keep_metrics_until(out / METRICS, start)
+    last_good = start if state is not None else None
+    best_score = best_score_until(out, start)
+
+    def diverged(step: int) -> FewsightError:
+        kept = f"checkpoint.pt (step {last_good}) is kept" if last_good is not None else "nothing was saved"
+        return FewsightError(
+            f"{plan.name} diverged by step {step} (a non-finite loss or weight); {kept}; {plan.fix}"
+        )
+
+    def checkpoint(step: int) -> None:
+        nonlocal last_good
+        if plan.check_weights:
+            weights = torch.stack([p.isfinite().all() for p in plan.learner.parameters()]).all()
+            if not bool(weights & loss_sum.isfinite()):
+                raise diverged(step)
+        snapshot = {
+            **plan.state(),
+            **random_states(device),
+            "step": step,
+            "interval": {"loss": loss_sum, "accuracy": accuracy_sum, "steps": interval_steps},
+        }
+        if main:
+            save_checkpoint(snapshot, out, step)
+        last_good = step
+
+    metrics = open(out / METRICS, "a") if main else open(os.devnull, "w")  # noqa: SIM115
+    board = board_class(str(out / "tensorboard")) if board_class is not None and main else None
+    bar = tqdm(total=plan.total, initial=start, desc=plan.bar or plan.name, disable=not (progress and main))
+    interval_start = time.perf_counter()
+    try:
+        with StopRequests() as stop:
+            for step in range(start + 1, plan.total + 1):
+                loss, accuracy = plan.step(step)
+                interval_steps += 1
+                loss_sum += loss
+                accuracy_sum += accuracy
+                bar.update()
+                if step % plan.log_every == 0 or step == plan.total or plan.log_at(step):
+                    row = {
+                        "step": step,
+                        "loss": all_sum(loss_sum).item() / interval_steps / processes,
+                        "accuracy": all_sum(accuracy_sum).item() / interval_steps / processes,
+                        **plan.columns(step),
+                    }
+                    if not math.isfinite(row["loss"]):
+                        raise diverged(step)
+                    column, items = plan.throughput
+                    row[column] = interval_steps * items / (time.perf_counter() - interval_start)
+                    interval_steps = 0
+                    loss_sum.zero_()
+                    accuracy_sum.zero_()
+                    score = plan.validate(step)
+                    if score is not None:
+                        row["val_accuracy"], row["val_ci95"] = score.mean, score.ci95
+                        if plan.learner is not None and score.mean > best_score and main:
+                            save_best(plan.learner.state_dict(), step, score.mean, out)
+                        best_score = max(best_score, score.mean)
+                    _log(row, metrics, board)
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}", **plan.postfix(row)
+                    )
+                    interval_start = time.perf_counter()
+                if step % plan.checkpoint_every == 0 or step == plan.total or stop.requested:
+                    checkpoint(step)
+                if stop.requested:
+                    raise KeyboardInterrupt
+    finally:
+        bar.close()
+        metrics.close()
+        if board is not None:
+            board.close()
+    return out
+
+
+def _log(row: dict, metrics: object, board: object | None) -> None:
+    """Write a metrics row to metrics.jsonl, and to TensorBoard as scalars."""
+    metrics.write(json.dumps(row) + "\n")
+    metrics.flush()
+    if board is not None:
+        for name, value in row.items():
+            if name != "step":
+                board.add_scalar(name, value, row["step"])
+
+
+def tensorboard_writer_class() -> type:
+    """torch's TensorBoard SummaryWriter, or a FewsightError if the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise FewsightError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
+    return SummaryWriter
