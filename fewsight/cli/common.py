@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fewsight.errors import FewsightError
+from fewsight.run.algorithms import REGISTRY
 from fewsight.run.config import ALGORITHMS, BACKBONES, METRICS, RunConfig
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 DEFAULTS = RunConfig()
 KEPT_ON_RESUME = ("steps", "epochs")  # a run's length: left out of a --resume command, the run's own
-MAMLPP_INNER_STEPS = 5  # as in the MAML++ paper, at training and test time
+_OWN_STEPS = "; ".join(f"{n}: {a.inner_steps}" for n, a in REGISTRY.items() if a.inner_steps is not None)
 HELP = {
     "dataset": "omniglot, miniimagenet, or the path of your own folder of class subfolders or CSV "
     "of file,label rows (its classes are split 60/20/20 into train/val/test, saved in config.json)",
@@ -30,9 +31,9 @@ HELP = {
     "steps": "meta-updates in all (with --resume: raise it to train longer)",
     "inner_lr": "step size of the inner gradient steps (leo: initial latent step size)",
     "inner_steps": "inner gradient steps while meta-training (leo: latent steps, always) "
-    f"(default: {DEFAULTS.inner_steps}; mamlpp: {MAMLPP_INNER_STEPS})",
+    f"(default: {DEFAULTS.inner_steps}; {_OWN_STEPS})",
     "eval_inner_steps": "inner gradient steps at validation and test time "
-    f"(default: {DEFAULTS.eval_inner_steps}; mamlpp: {MAMLPP_INNER_STEPS})",
+    f"(default: {DEFAULTS.eval_inner_steps}; {_OWN_STEPS})",
     "meta_lr": "Adam's learning rate for the meta-update",
     "base_mix": "weightpred: probability of using a class's stored base weights while meta-training",
     "metric": "protonet: compare queries with the class prototypes by squared euclidean distance, or by "

@@ -9,13 +9,13 @@ from fewsight.cli.common import (
     AUGMENT_HELP,
     DEFAULTS,
     HELP,
-    MAMLPP_INNER_STEPS,
     config_flags,
     data_flags,
     out_of_memory,
     pick_device,
     settings,
 )
+from fewsight.run.algorithms import REGISTRY
 from fewsight.run.config import RunConfig
 
 _RESOLVED_LATER = ("image_size", "inner_steps", "eval_inner_steps")  # their defaults depend on other flags
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> None:
     values = settings(args, RunConfig)
     for name in ("inner_steps", "eval_inner_steps"):
         if values[name] is None:
-            values[name] = MAMLPP_INNER_STEPS if args.algorithm == "mamlpp" else getattr(DEFAULTS, name)
+            values[name] = REGISTRY[args.algorithm].inner_steps or getattr(DEFAULTS, name)
     if args.init:
         values["init"] = str(Path(args.init).resolve())
     config = RunConfig(**{**values, "transductive": not args.non_transductive})

@@ -45,6 +45,7 @@ class Algorithm:
     build: Callable[[RunConfig, nn.Module], MetaLearner]  # the learner, around the run's backbone
     options: tuple[str, ...] = ()  # settings that apply to this algorithm (and the others that name them)
     preset: Callable[[RunConfig], None] | None = None  # settings its name turns on, from the run's length
+    inner_steps: int | None = None  # its default inner steps, at training and test time (None: RunConfig's)
     bench: bool = True  # timed by `fewsight bench` (a variant of another row's step is not)
 
 
@@ -104,7 +105,12 @@ REGISTRY: dict[str, Algorithm] = {
     "anil": Algorithm(GRADIENT, lambda c, b: ANIL(b, **_gradient_options(c)), MEMORY_LEVERS),
     "reptile": Algorithm(GRADIENT, lambda c, b: Reptile(b, **_gradient_options(c)), bench=False),
     "mamlpp": Algorithm(
-        GRADIENT, _mamlpp, (*MAMLPP_SWITCHES, *MEMORY_LEVERS), preset=mamlpp_preset, bench=False
+        GRADIENT,
+        _mamlpp,
+        (*MAMLPP_SWITCHES, *MEMORY_LEVERS),
+        preset=mamlpp_preset,
+        inner_steps=5,  # as in the MAML++ paper
+        bench=False,
     ),
     "protonet": Algorithm(MODEL, lambda c, b: ProtoNet(b, c.transductive, c.metric), (METRIC,)),
     "weightpred": Algorithm(
