@@ -91,6 +91,11 @@ def data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def run_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `train` and `pretrain` that their shared flags give."""
+    return {"data_root": args.data_root, "resume": args.resume, "progress": not args.quiet}
+
+
 def device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 

@@ -12,6 +12,7 @@ from fewsight.cli.common import (
     data_flags,
     out_of_memory,
     pick_device,
+    run_options,
     settings,
 )
 
@@ -66,14 +67,7 @@ def run(args: argparse.Namespace) -> None:
     config.validate()
     device = pick_device(args.device)
     try:
-        out = pretrain(
-            config,
-            args.out,
-            data_root=args.data_root,
-            device=device,
-            resume=args.resume,
-            progress=not args.quiet,
-        )
+        out = pretrain(config, args.out, device=device, **run_options(args))
     except torch.cuda.OutOfMemoryError as error:
         raise out_of_memory(device, "lower --batch-size") from error
     print(f"pre-trained: {out} (fewsight eval {out}; fewsight train --init {out} ...)")

@@ -13,6 +13,7 @@ from fewsight.cli.common import (
     data_flags,
     out_of_memory,
     pick_device,
+    run_options,
     settings,
 )
 from fewsight.run.algorithms import REGISTRY
@@ -104,15 +105,7 @@ def run(args: argparse.Namespace) -> None:
     config.validate()
     device = pick_device(args.device)
     try:
-        out = train(
-            config,
-            args.out,
-            data_root=args.data_root,
-            device=device,
-            resume=args.resume,
-            progress=not args.quiet,
-            tensorboard=args.tensorboard,
-        )
+        out = train(config, args.out, device=device, tensorboard=args.tensorboard, **run_options(args))
     except torch.cuda.OutOfMemoryError as error:
         raise out_of_memory(device, "lower --meta-batch, --ways, --queries or --inner-steps") from error
     from fewsight.training.distributed import is_main
