@@ -16,7 +16,7 @@ from fewsight.data.omniglot import load_characters
 from fewsight.data.roots import download
 from fewsight.errors import FewsightError
 from tests.conftest import SHARED_DATA
-from tests.faults import bomb_png
+from tests.faults import bomb_png, full_disk_save
 
 REAL = SHARED_DATA / "omniglot"
 BACKGROUND = "images_background.zip"
@@ -129,6 +129,19 @@ def test_damaged_cache_is_decoded_again(root, monkeypatch):
     ):
         assert load_characters(root).images.shape == (2, 20, 28, 28)
     assert torch.load(cached, weights_only=True)["value"]["images"].shape == (2, 20, 28, 28)
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_characters_in_memory(root, monkeypatch):
+    def small_archive(path, image_size, progress=True):
+        return [f"{path.stem}/character01"], np.zeros((1, 20, image_size, image_size), np.uint8)
+
+    monkeypatch.setattr("fewsight.data.omniglot._decode_archive", small_archive)
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    with pytest.warns(
+        UserWarning, match=r"could not write the decoded cache \S+omniglot-[\w-]+\.pt: the disk is full"
+    ):
+        assert load_characters(root).images.shape == (2, 20, 28, 28)
+    assert list((root.parent / "cache").iterdir()) == []  # no cache, and no part of one
 
 
 def test_downloads_are_verified_by_checksum(tmp_path, monkeypatch):

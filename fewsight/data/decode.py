@@ -4,7 +4,6 @@ tensors in a verified cache file."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import struct
@@ -67,23 +66,13 @@ def unreadable(name: str, error: BaseException, fix: str) -> FewsightError:
     return FewsightError(f"{name} is not a readable image ({error}); {fix}")
 
 
-def open_image(
-    source: Path | BinaryIO, name: str, fix: str = "remove or replace it", side: int = SUGGESTED_SIDE
-) -> Image.Image:
-    """An image opened lazily (header read), or a one-line FewsightError naming `name` and `fix` for
-    a file that is missing, empty, not an image, or over PIL's pixel limit (`Image.MAX_IMAGE_PIXELS`,
-    89 MP unless changed), the latter saying how to resize it (to `side` pixels on its longer side)."""
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            source = io.BytesIO(Path(source).read_bytes())
-        except FileNotFoundError as error:
-            raise FewsightError(f"{name} does not exist; {fix}") from error
-        except OSError as error:
-            raise FewsightError(f"{name} cannot be read ({error.strerror or error}); {fix}") from error
-    source.seek(0)
-    if not source.read(1):
+def _check_header(stream: BinaryIO, name: str, fix: str, side: int) -> None:
+    """Refuse an empty file, or one whose header gives more pixels than PIL's limit."""
+    stream.seek(0)
+    if not stream.read(1):
         raise FewsightError(f"{name} is empty (0 bytes), not an image; {fix}")
-    size, limit = _header_size(source), Image.MAX_IMAGE_PIXELS
+    size, limit = _header_size(stream), Image.MAX_IMAGE_PIXELS
+    stream.seek(0)
     if size is not None and limit is not None and size[0] * size[1] > limit:
         width, height = size
         scale = side / max(width, height)
@@ -92,8 +81,25 @@ def open_image(
             f"{name} is {width}x{height} pixels ({_megapixels(width * height)}), over the "
             f"{_megapixels(limit)} limit for decoding: resize it, for example to {smaller} pixels"
         )
+
+
+def open_image(
+    source: Path | BinaryIO, name: str, fix: str = "remove or replace it", side: int = SUGGESTED_SIDE
+) -> Image.Image:
+    """An image opened lazily (header read), or a one-line FewsightError naming `name` and `fix` for
+    a file that is missing, empty, not an image, or over PIL's pixel limit (`Image.MAX_IMAGE_PIXELS`,
+    89 MP unless changed), the latter saying how to resize it (to `side` pixels on its longer side)."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as handle:
+                _check_header(handle, name, fix, side)
+        except FileNotFoundError as error:
+            raise FewsightError(f"{name} does not exist; {fix}") from error
+        except OSError as error:
+            raise FewsightError(f"{name} cannot be read ({error.strerror or error}); {fix}") from error
+    else:
+        _check_header(source, name, fix, side)
     try:
-        source.seek(0)
         return Image.open(source)
     except DECODE_ERRORS as error:
         raise unreadable(name, error, fix) from error
