@@ -42,9 +42,9 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:,.1f}".removesuffix(".0") + " MP"
 
 
-def _header_size(stream: BinaryIO) -> tuple[int, int] | None:
-    """Width and height from an image's header, read without decoding it and without PIL's
-    decompression-bomb check (so that a refusal can say them); None if no format reads it."""
+def _probe(stream: BinaryIO) -> Image.Image | None:
+    """The image opened from its header as `Image.open` does, but without PIL's decompression-bomb
+    check (so that a refusal can say its size); None if no format reads it."""
     Image.init()
     stream.seek(0)
     prefix = stream.read(16)
@@ -55,7 +55,7 @@ def _header_size(stream: BinaryIO) -> tuple[int, int] | None:
             continue
         try:
             stream.seek(0)
-            return factory(stream, "").size
+            return factory(stream, "")
         except Exception:  # not this format (PIL's plugins raise many kinds): try the next
             continue
     return None
@@ -66,21 +66,22 @@ def unreadable(name: str, error: BaseException, fix: str) -> FewsightError:
     return FewsightError(f"{name} is not a readable image ({error}); {fix}")
 
 
-def _check_header(stream: BinaryIO, name: str, fix: str, side: int) -> None:
-    """Refuse an empty file, or one whose header gives more pixels than PIL's limit."""
+def _check_header(stream: BinaryIO, name: str, fix: str, side: int) -> Image.Image | None:
+    """The image opened from its header (see `_probe`), refusing an empty file or one with more
+    pixels than PIL's limit."""
     stream.seek(0)
     if not stream.read(1):
         raise FewsightError(f"{name} is empty (0 bytes), not an image; {fix}")
-    size, limit = _header_size(stream), Image.MAX_IMAGE_PIXELS
-    stream.seek(0)
-    if size is not None and limit is not None and size[0] * size[1] > limit:
-        width, height = size
+    image, limit = _probe(stream), Image.MAX_IMAGE_PIXELS
+    if image is not None and limit is not None and image.width * image.height > limit:
+        width, height = image.size
         scale = side / max(width, height)
         smaller = f"{max(1, round(width * scale))}x{max(1, round(height * scale))}"
         raise FewsightError(
             f"{name} is {width}x{height} pixels ({_megapixels(width * height)}), over the "
             f"{_megapixels(limit)} limit for decoding: resize it, for example to {smaller} pixels"
         )
+    return image
 
 
 def open_image(
@@ -98,9 +99,11 @@ def open_image(
         except OSError as error:
             raise FewsightError(f"{name} cannot be read ({error.strerror or error}); {fix}") from error
     else:
-        _check_header(source, name, fix, side)
+        image = _check_header(source, name, fix, side)
+        if image is not None:
+            return image  # opened as Image.open would, on the caller's stream
     try:
-        return Image.open(source)
+        return Image.open(source)  # which seeks to the start of a stream
     except DECODE_ERRORS as error:
         raise unreadable(name, error, fix) from error
 
