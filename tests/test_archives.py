@@ -16,6 +16,7 @@ from fewsight.data.omniglot import load_characters
 from fewsight.data.roots import download
 from fewsight.errors import FewsightError
 from tests.conftest import SHARED_DATA
+from tests.faults import bomb_png, full_disk_save
 
 REAL = SHARED_DATA / "omniglot"
 BACKGROUND = "images_background.zip"
@@ -96,8 +97,14 @@ def test_damaged_member_is_reported_by_name(root):
         (b"not a png", "is not a readable image"),
         (png(105)[:60], "is not a readable image"),
         (png(4000), "is 4000x4000 pixels, not a 105x105 drawing"),
+        (b"", r"is empty \(0 bytes\), not an image; replace the archive with the canonical one"),
+        (
+            bomb_png(20000, 20000),
+            r"is 20000x20000 pixels \(400 MP\), over the 89.5 MP limit for decoding: resize it, "
+            "for example to 105x105 pixels",
+        ),
     ],
-    ids=["garbage", "truncated", "oversized"],
+    ids=["garbage", "truncated", "oversized", "empty", "over-the-pixel-limit"],
 )
 def test_corrupt_image_is_reported_by_name(root, content, message):
     member = first_drawing()
@@ -117,8 +124,24 @@ def test_damaged_cache_is_decoded_again(root, monkeypatch):
     load_characters(root)
     (cached,) = (root.parent / "cache").glob("omniglot-*.pt")
     cached.write_bytes(cached.read_bytes()[:100])  # as a crash while it was written could leave it
-    assert load_characters(root).images.shape == (2, 20, 28, 28)
-    assert torch.load(cached, weights_only=True)["images"].shape == (2, 20, 28, 28)
+    with pytest.warns(
+        UserWarning, match=rf"the decoded cache {cached} is damaged .*decoding the images again"
+    ):
+        assert load_characters(root).images.shape == (2, 20, 28, 28)
+    assert torch.load(cached, weights_only=True)["value"]["images"].shape == (2, 20, 28, 28)
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_characters_in_memory(root, monkeypatch):
+    def small_archive(path, image_size, progress=True):
+        return [f"{path.stem}/character01"], np.zeros((1, 20, image_size, image_size), np.uint8)
+
+    monkeypatch.setattr("fewsight.data.omniglot._decode_archive", small_archive)
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    with pytest.warns(
+        UserWarning, match=r"could not write the decoded cache \S+omniglot-[\w-]+\.pt: the disk is full"
+    ):
+        assert load_characters(root).images.shape == (2, 20, 28, 28)
+    assert list((root.parent / "cache").iterdir()) == []  # no cache, and no part of one
 
 
 def test_downloads_are_verified_by_checksum(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import torch
 
 from fewsight.data.decode import cached, decode_images
 from fewsight.data.images import LabelledImages
-from fewsight.data.roots import data_root
+from fewsight.data.roots import DATA_ENV, data_root, describe_root
 from fewsight.errors import FewsightError
 
 SPLITS = ("train", "val", "test")
@@ -25,8 +25,9 @@ def find_root(root: str | os.PathLike | None = None) -> Path:
         if (folder / "images").is_dir() and all((folder / f"{s}.csv").is_file() for s in SPLITS):
             return folder
     raise FewsightError(
-        f"no miniImageNet in {base / 'miniimagenet'} or {base}: put images/ (84x84 JPEGs) beside "
-        "train.csv, val.csv and test.csv there, or pass --data-root / set FEWSIGHT_DATA"
+        f"no miniImageNet in {(base / 'miniimagenet').absolute()} or in the data root itself "
+        f"({describe_root(root)}): put images/ (84x84 JPEGs) beside train.csv, val.csv and test.csv "
+        f"there, or pass --data-root / set {DATA_ENV} to the folder holding miniimagenet/"
     )
 
 

@@ -29,8 +29,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from fewsight.data.decode import DECODE_ERRORS, cached, open_image, unreadable
 from fewsight.data.images import LabelledImages
-from fewsight.data.roots import cache_dir, data_root, file_digest, find_or_download
+from fewsight.data.roots import file_digest, find_or_download
 from fewsight.errors import FewsightError
 
 _CANONICAL = "https://github.com/brendenlake/omniglot/raw/master/python/"
@@ -98,17 +99,17 @@ def _read_drawings(path: Path) -> dict[str, dict[str, bytes]]:
 
 def _open_drawing(path: Path, name: str, data: bytes) -> Image.Image:
     """One decoded drawing; its size is checked from the header first, so no image bomb is decoded."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.size == (DRAWING_SIZE, DRAWING_SIZE):
-            image.load()
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise FewsightError(f"{path}: {name} is not a readable image ({error})") from error
+    fix = "replace the archive with the canonical one"
+    image = open_image(io.BytesIO(data), f"{path}: {name}", fix, side=DRAWING_SIZE)
     if image.size != (DRAWING_SIZE, DRAWING_SIZE):
         width, height = image.size
         raise FewsightError(
             f"{path}: {name} is {width}x{height} pixels, not a {DRAWING_SIZE}x{DRAWING_SIZE} drawing"
         )
+    try:
+        image.load()
+    except DECODE_ERRORS as error:
+        raise unreadable(f"{path}: {name}", error, fix) from error
     return image
 
 
@@ -137,28 +138,21 @@ def load_characters(
 ) -> OmniglotCharacters:
     """Every Omniglot character, decoded from the archives once (with a progress bar unless
     `progress` is False) and then read from the cache."""
-    archives = find_or_download(data_root(root), "omniglot", ARCHIVES)
-    key = hashlib.sha256("".join(file_digest(a) for a in archives).encode()).hexdigest()[:16]
-    cached = cache_dir() / f"omniglot-{image_size}px-{key}.pt"
-    if cached.is_file():
-        try:
-            saved = torch.load(cached, weights_only=True)
-            return OmniglotCharacters(saved["images"], saved["names"], saved["background"])
-        except Exception:  # a damaged cache file, however torch reports it: decode again
-            pass
-    names, arrays = [], []
-    for archive in archives:
-        archive_names, images = _decode_archive(archive, image_size, progress)
-        names += archive_names
-        arrays.append(images)
-    background = torch.zeros(len(names), dtype=torch.bool)
-    background[: len(arrays[0])] = True
-    characters = OmniglotCharacters(torch.from_numpy(np.concatenate(arrays)), names, background)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.part")
-    torch.save({"images": characters.images, "names": names, "background": background}, partial)
-    os.replace(partial, cached)
-    return characters
+    archives = find_or_download(root, "omniglot", ARCHIVES)
+
+    def build() -> dict:
+        names, arrays = [], []
+        for archive in archives:
+            archive_names, images = _decode_archive(archive, image_size, progress)
+            names += archive_names
+            arrays.append(images)
+        background = torch.zeros(len(names), dtype=torch.bool)
+        background[: len(arrays[0])] = True
+        return {"images": torch.from_numpy(np.concatenate(arrays)), "names": names, "background": background}
+
+    key = "".join(file_digest(a) for a in archives)
+    saved = cached(f"omniglot-{image_size}px", key, build)
+    return OmniglotCharacters(saved["images"], saved["names"], saved["background"])
 
 
 def _hash_order(names: list[str], indices: list[int]) -> list[int]:
