@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from fewsight.models import load_exported
 from fewsight.predict import load_images
 from fewsight.serve import Limits, Session, create_app
 from fewsight.serve.openapi import PATHS
+from fewsight.serve.server import bind
 from tests.serving import post_files, post_json, request, running
 
 
@@ -231,3 +233,15 @@ def test_the_bundled_miniimagenet_model_serves_colour_photos(mini_test_photos):
     predicted = [p["predicted"] for p in reply.json()["predictions"]]
     truth = [label for label in labels for _ in range(5)]
     assert sum(map(str.__eq__, predicted, truth)) >= 7, predicted  # chance: 5 of 15
+
+
+def test_connections_are_accepted_with_nagle_off():
+    """asyncio sets TCP_NODELAY on accepted connections only when the listening socket's protocol
+    is IPPROTO_TCP; without it each answer on a keep-alive connection waits ~40 ms (issue 30)."""
+    listener = bind("127.0.0.1", 0)
+    with listener, socket.create_connection(listener.getsockname()):
+        assert listener.proto == socket.IPPROTO_TCP
+        connection, _ = listener.accept()
+        with connection:
+            assert connection.proto == socket.IPPROTO_TCP
+            assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
