@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Iterable
 
 import uvicorn
 
@@ -34,16 +35,24 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(session: Session, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Serve `session` on host:port until Ctrl-C."""
+def serve(
+    session: Session, host: str = "127.0.0.1", port: int = 8765, allow_hosts: Iterable[str] = ()
+) -> None:
+    """Serve `session` on host:port until Ctrl-C. It answers requests addressed to this machine's
+    loopback names, to `host`, to the names `allow_hosts` and, if `host` is not a loopback address,
+    to any IP address: a page of another site cannot reach it by DNS rebinding."""
+    allow_hosts = tuple(allow_hosts)
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     if not is_loopback(host):
+        names = ", ".join(allow_hosts) or "none; allow one with --allow-host NAME"
         print(
-            f"fewsight serve: listening on {host}: other machines can reach it, with no password",
+            f"fewsight serve: listening on {host}: other machines can reach it, with no password, by "
+            f"IP address or an allowed host name ({names})",
             file=sys.stderr,
         )
     print(f"fewsight serve: http://{shown}:{bound}/ (Ctrl-C to stop)", flush=True)
-    config = uvicorn.Config(create_app(session, host), log_level="warning", timeout_graceful_shutdown=2)
+    app = create_app(session, host, allow_hosts)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
     uvicorn.Server(config).run(sockets=[sock])
