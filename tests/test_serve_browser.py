@@ -85,6 +85,8 @@ def use_page(driver, url: str, drawings: Path, classes: int, algorithm: str) -> 
     cells = [row.find_elements(By.TAG_NAME, "td") for row in rows]
     predicted = {cell[1].text: cell[2].text for cell in cells}
     assert predicted.keys() == truth.keys()
+    log = [entry["message"] for entry in driver.get_log("browser")]
+    assert not [line for line in log if "Content Security Policy" in line], log  # the page works under it
     return predicted, truth
 
 

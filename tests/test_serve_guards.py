@@ -81,6 +81,10 @@ def test_a_body_over_its_limit_is_refused_before_it_is_read_whole(omniglot):
     assert over.json()["error"].startswith(
         f"the upload is {limit + 1:,} bytes, over the limit of {limit:,} bytes (50 MB)"
     )
+    images_elsewhere = (
+        "POST /api/classes HTTP/1.1\nHost: localhost\nContent-Type: multipart/form-data; boundary=b\n"
+    )
+    assert raw(omniglot, images_elsewhere + "Content-Length: 1001\n", b"--b\r\n").status == 413
     assert request(f"{omniglot}/api/classes").json()["classes"] == []
 
 
@@ -103,6 +107,7 @@ def test_every_error_is_json(omniglot, monkeypatch):
     monkeypatch.setattr(Session, "state", lambda self: json.loads("{"))
     crash = request(f"{omniglot}/api/classes")
     assert crash.status == 500 and crash.headers["content-type"] == "application/json"
+    assert crash.headers["x-frame-options"] == "DENY"
     error = crash.json()["error"]
     assert error.startswith("the server failed (JSONDecodeError: ") and "\n" not in error
     assert error.endswith("please report it as a bug of fewsight serve")

@@ -5,6 +5,7 @@ and no request body may pass its limit. Every refusal is JSON {"error": message}
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fewsight.serve.uploads import Limits, UploadError, size_limit
 
 LOOPBACK_NAMES = ["localhost", "127.0.0.1", "::1"]
+UPLOAD_PATHS = re.compile(r"/api/predict|/api/classes/[^/]+/images")  # the routes that take images
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
@@ -124,8 +126,9 @@ class SameOrigin:
 
 class BodyLimit:
     """Refuse (413) a request body over its limit as it streams in, before it is read whole: images
-    (multipart/form-data) up to `Limits.request_bytes`, any other body up to `Limits.json_bytes`. A
-    declared Content-Length over the limit is refused before a byte of the body is read."""
+    (multipart/form-data, to the routes that take them) up to `Limits.request_bytes`, any other body
+    up to `Limits.json_bytes`. A declared Content-Length over the limit is refused before a byte of
+    the body is read."""
 
     def __init__(self, app: ASGIApp, limits: Limits) -> None:
         self.app, self.limits = app, limits
@@ -136,6 +139,7 @@ class BodyLimit:
             return
         headers = Headers(scope=scope)
         multipart = headers.get("content-type", "").startswith("multipart/form-data")
+        multipart = multipart and UPLOAD_PATHS.fullmatch(scope["path"]) is not None
         limit = self.limits.request_bytes if multipart else self.limits.json_bytes
         what = "the upload" if multipart else "the request body"
         fix = "send fewer or smaller images at once" if multipart else 'send JSON as {"name": "a class name"}'
