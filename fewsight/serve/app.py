@@ -89,8 +89,7 @@ async def adapt(request: Request) -> JSONResponse:
 async def predict(request: Request) -> JSONResponse:
     session = _session(request)
     files = await read_files(request, session.limits)
-    await run_in_threadpool(session.predict, files)
-    return JSONResponse(_predictions(*session.last()))
+    return JSONResponse(_predictions(*await run_in_threadpool(session.predict, files)))
 
 
 def _predictions(last: Predicted | None, current: bool) -> dict:

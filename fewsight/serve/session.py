@@ -153,16 +153,17 @@ class Session:
                 self._adapted = self._adapt()
             return self._adapted
 
-    def predict(self, files: list[tuple[str, bytes]]) -> tuple[list[Prediction], Adapted]:
-        """Predicted class and probabilities of each query image (all in one batch), and the
-        classifier that predicted them."""
+    def predict(self, files: list[tuple[str, bytes]]) -> tuple[Predicted, bool]:
+        """Predicted class and probabilities of each query image (all in one batch), with the
+        classifier that predicted them; and whether the classes are still those it was adapted to
+        (another request may have changed them meanwhile)."""
         images = self._decode(files)
         adapted = self.adapt()
         x = model_input(images, self.config).to(self.device)
         predictions = classify(adapted.classifier, x, [name for name, _ in files], adapted.names)
         with self._lock:
             self._last = Predicted(predictions, images, adapted)
-        return predictions, adapted
+            return self._last, adapted.version == self._version
 
     def last(self) -> tuple[Predicted | None, bool]:
         """The last predictions (None before any), and whether the classes are still those they
