@@ -267,7 +267,7 @@ def test_every_class_made_can_be_filled_predicted_with_and_removed(omniglot, dra
         reply = post_json(f"{omniglot}/api/classes", {"name": name})
         assert reply.status == 400, name
         assert reply.json()["error"] == (
-            "a class name is 1 to 64 printable characters, not only spaces, without / and not . or .."
+            'a class name is 1 to 64 printable characters, not all spaces, with no "/", and not "." or ".."'
         )
     names = ["...", ".a", "a b", "50% ?x#y", "a\\b", "ü&+=;,", "x" * 64]
     for c, name in enumerate(names, start=1):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -59,7 +60,10 @@ def serve() -> Iterator:
 
 
 def wait_for(driver, condition, seconds: float = 60):
-    return WebDriverWait(driver, seconds).until(lambda d: condition(d))
+    """`condition(driver)` once it is true; an element replaced while it was read (the page renders
+    the classes again after each change) is read again."""
+    wait = WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(lambda d: condition(d))
 
 
 def use_page(driver, url: str, drawings: Path, classes: int, algorithm: str) -> tuple[dict, dict]:
@@ -227,7 +231,7 @@ def test_every_class_made_on_the_page_can_be_filled_and_used(browser, serve, dra
         browser,
         lambda d: d.find_element(By.ID, "error") if d.find_element(By.ID, "error").is_displayed() else None,
     )
-    assert "without / and not . or .." in error.text
+    assert 'with no "/", and not "." or ".."' in error.text
     assert browser.find_elements(By.CSS_SELECTOR, "#classes .class") == []
     characters = sorted(drawings.iterdir())
     for name, character in zip(["50% ?x#y", "..."], characters, strict=False):
@@ -235,6 +239,6 @@ def test_every_class_made_on_the_page_can_be_filled_and_used(browser, serve, dra
     browser.find_element(By.ID, "query-files").send_keys(str(sorted(characters[0].iterdir())[3]))
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#results tbody tr"))
     assert not browser.find_element(By.ID, "error").is_displayed()
-    card_of(browser, "...").find_element(By.TAG_NAME, "button").click()
+    wait_for(browser, lambda d: card_of(d, "...").find_element(By.TAG_NAME, "button")).click()
     wait_for(browser, lambda d: card_of(d, "...") is None)
     assert not browser.find_element(By.ID, "error").is_displayed()

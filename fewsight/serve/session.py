@@ -106,7 +106,8 @@ class Session:
         self._teachable()
         if not valid_name(name):
             raise UploadError(
-                "a class name is 1 to 64 printable characters, not only spaces, without / and not . or .."
+                'a class name is 1 to 64 printable characters, not all spaces, with no "/", '
+                'and not "." or ".."'
             )
         with self._lock:
             if name in self.classes:
@@ -240,7 +241,7 @@ class Session:
 
 
 def valid_name(name: object) -> bool:
-    """Whether `name` can name a class: 1 to 64 printable characters, not only spaces, usable as one
+    """Whether `name` can name a class: 1 to 64 printable characters, not all spaces, usable as one
     segment of a URL path (no /, not . or .., which URLs resolve away)."""
     return (
         isinstance(name, str)
