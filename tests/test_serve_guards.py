@@ -40,6 +40,9 @@ def test_dns_rebinding_cannot_drive_a_server_open_to_other_machines():
         for host in (f"lab-pc.lan:{port}", f"192.168.1.20:{port}", f"[fe80::1]:{port}", f"localhost:{port}"):
             reply = post_json(f"{url}/api/classes", {"name": host}, Host=host, Origin=f"http://{host}")
             assert reply.status == 201, (host, reply.body)
+    with running(Session("omniglot"), allow_hosts=("alias.test",)) as url:  # on 127.0.0.1
+        assert request(f"{url}/api/model", headers={"Host": "alias.test"}).status == 200
+        assert request(f"{url}/api/model", headers={"Host": "192.168.1.20"}).status == 400
 
 
 def test_every_answer_carries_security_headers(omniglot):
@@ -96,6 +99,9 @@ def test_every_error_is_json(omniglot, monkeypatch):
         assert nested.status == 400
         assert nested.json() == {"error": 'the JSON is nested too deeply; send {"name": "a class name"}'}
     assert request(f"{omniglot}/api/adapt").json() == {"error": "GET /api/adapt is not allowed; use POST"}
+    assert request(f"{omniglot}/static/app.js", "POST").json() == {
+        "error": "POST /static/app.js is not allowed; use GET, HEAD"
+    }
     assert (
         request(f"{omniglot}/static/nothing.js").json()["error"].startswith("there is no /static/nothing.js")
     )

@@ -151,7 +151,7 @@ async def refused(request: Request, error: Exception) -> JSONResponse:
         if status == 404:
             message = f"there is no {request.url.path}; the API is described at /openapi.json"
         elif status == 405:
-            message = f"{where} is not allowed; use {(headers or {}).get('Allow', 'another method')}"
+            message = f"{where} is not allowed; use {(headers or {}).get('Allow', 'GET')}"
         else:
             message = f"{where}: {error.detail}"
     return JSONResponse({"error": _one_line(message)}, status_code=status, headers=headers)

@@ -99,7 +99,7 @@ class AllowedHosts:
                     fix = "open it by its IP address, or serve it with --allow-host NAME to allow a name"
                 else:
                     port = (scope.get("server") or ("", "PORT"))[1]
-                    fix = f"open it as http://localhost:{port}/ or http://127.0.0.1:{port}/"
+                    fix = f"open it as http://localhost:{port}/, or serve it with --allow-host NAME"
                 message = f"this server does not answer to the host {header!r}; {fix}"
                 await _refuse(scope, receive, send, message, 400)
                 return
