@@ -236,8 +236,13 @@ class Session:
 
     def _room(self, name: str, count: int) -> None:
         self._known(name)
-        if len(self.classes[name]) + count > self.limits.images_per_class:
-            raise UploadError(f"a class holds at most {self.limits.images_per_class} images", 413)
+        have, most = len(self.classes[name]), self.limits.images_per_class
+        if have + count > most:
+            raise UploadError(
+                f"class {name!r} holds {have} images, and a class holds at most {most}; "
+                f"send at most {most - have} more",
+                413,
+            )
 
 
 def valid_name(name: object) -> bool:

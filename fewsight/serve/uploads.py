@@ -112,6 +112,8 @@ def decode_upload(name: str, data: bytes, limits: Limits, image_size: int, chann
         raise UploadError(f"{name} is a damaged {kind} file; remove or replace it") from error
     if width * height > limits.image_pixels:
         raise UploadError(
-            f"{name} is {width}x{height} pixels; images may have at most {limits.image_pixels:,} pixels", 413
+            f"{name} is {width}x{height} pixels, over the limit of {limits.image_pixels:,} pixels an image; "
+            "shrink it or choose another",
+            413,
         )
     return decode_image(io.BytesIO(data), image_size, channels, name)
