@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -11,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -29,10 +32,11 @@ class Reply:
 
 
 @contextmanager
-def running(session: Session) -> Iterator[str]:
-    """The session served by uvicorn in a thread on 127.0.0.1 (a free port); yields its base URL."""
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(session), log_level="warning"))
+def running(session: Session, host: str = "127.0.0.1", allow_hosts: tuple[str, ...] = ()) -> Iterator[str]:
+    """The session served by uvicorn in a thread on `host` (a free port); yields its base URL on
+    127.0.0.1."""
+    sock = bind(host, 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(session, host, allow_hosts), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -68,3 +72,14 @@ def post_files(url: str, files: list[tuple[str, bytes]], field: str = "files") -
         parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     return request(url, "POST", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def raw(url: str, head: str, body: bytes = b"") -> Reply:
+    """Send a request's head and the first bytes of its body on a plain socket, without finishing
+    the body, and read the answer the server gives anyway."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        return Reply(response.status, dict(response.headers), response.read())

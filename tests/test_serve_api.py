@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from PIL import Image
 from fewsight.cli import main
 from fewsight.serve import Limits, Session, create_app
 from fewsight.serve.openapi import PATHS
+from fewsight.serve.server import bind
 from fewsight.use.export import load_exported
 from fewsight.use.predict import load_images
 from tests.serving import post_files, post_json, request, running
@@ -52,7 +56,7 @@ def test_the_openapi_document_describes_every_api_route(omniglot):
     assert document["openapi"].startswith("3.")
     app = create_app(Session("omniglot"))
     api = {
-        (route.path, method.lower())
+        (re.sub(r":\w+}", "}", route.path), method.lower())
         for route in app.routes
         if route.path.startswith("/api/")
         for method in route.methods - {"HEAD"}
@@ -139,12 +143,20 @@ def test_bad_uploads_are_refused_naming_the_file(drawings):
         assert "notes.txt is not an image" in refused([("notes.txt", b"hello")], 415)
         assert "broken.png is a damaged PNG" in refused([("broken.png", good[:8] + b"\0" * 50)], 400)
         assert "cut.png is not a readable image" in refused([("cut.png", good[:200])], 400)
-        assert "big.png is 0.2 MB" in refused([("big.png", good + b"\0" * 200_000)], 413)
+        big = good + b"\0" * 200_000
+        assert f"big.png is {len(big):,} bytes, over the limit of 100,000 bytes" in refused(
+            [("big.png", big)], 413
+        )
+        assert "empty.png is empty (0 bytes)" in refused([("empty.png", b"")], 400)
         huge = png(Image.new("1", (1000, 1000)))  # a few hundred bytes that decode to a megapixel
         assert "huge.png is 1000x1000 pixels" in refused([("huge.png", huge)], 413)
         assert "Too many files" in refused([("x.png", good)] * 5, 400)
-        assert "upload is 0.3 MB" in refused([(f"{i}.png", good + b"\0" * 90_000) for i in range(4)], 413)
-        assert "at most 3 images" in refused([("x.png", good)] * 4, 413)
+        assert "over the limit of 300,000 bytes" in refused(
+            [(f"{i}.png", good + b"\0" * 90_000) for i in range(4)], 413
+        )
+        assert refused([("x.png", good)] * 4, 413) == (
+            "class 'a' holds 0 images, and a class holds at most 3; send at most 3 more"
+        )
         assert request(target, "POST", good, {"Content-Type": "image/png"}).status == 415
         assert post_files(target, [("ok.png", good), ("notes.txt", b"hi")]).status == 415
         assert request(f"{url}/api/classes").json()["classes"] == [{"name": "a", "images": 0}]
@@ -162,13 +174,20 @@ def test_bad_requests_are_refused_with_a_message(omniglot):
     assert "at least 2 classes" in request(f"{omniglot}/api/export").json()["error"]
     assert post_json(f"{omniglot}/api/classes", {"name": "b"}).status == 201
     assert "class 'a' has no images yet" in request(f"{omniglot}/api/export").json()["error"]
-    assert request(f"{omniglot}/api/nothing").json() == {"error": "Not Found"}
+    assert request(f"{omniglot}/api/nothing").json() == {
+        "error": "there is no /api/nothing; the API is described at /openapi.json"
+    }
 
 
 def test_other_sites_cannot_reach_the_server(omniglot):
     reply = post_json(f"{omniglot}/api/classes", {"name": "a"}, Origin="http://example.com")
     assert reply.status == 403
-    assert request(f"{omniglot}/api/model", headers={"Host": "attacker.example"}).status == 400
+    refused = request(f"{omniglot}/api/model", headers={"Host": "attacker.example"})
+    assert refused.status == 400
+    assert refused.json()["error"] == (
+        f"this server does not answer to the host 'attacker.example'; open it as "
+        f"http://localhost:{omniglot.rsplit(':', 1)[1]}/, or serve it with --allow-host NAME"
+    )
     assert request(f"{omniglot}/api/model", headers={"Host": "localhost:1"}).status == 200
 
 
@@ -231,3 +250,91 @@ def test_the_bundled_miniimagenet_model_serves_colour_photos(mini_test_photos):
     predicted = [p["predicted"] for p in reply.json()["predictions"]]
     truth = [label for label in labels for _ in range(5)]
     assert sum(map(str.__eq__, predicted, truth)) >= 7, predicted  # chance: 5 of 15
+
+
+def test_connections_are_accepted_with_nagle_off():
+    """asyncio sets TCP_NODELAY on accepted connections only when the listening socket's protocol
+    is IPPROTO_TCP; without it each answer on a keep-alive connection waits ~40 ms (issue 30)."""
+    listener = bind("127.0.0.1", 0)
+    with listener, socket.create_connection(listener.getsockname()):
+        assert listener.proto == socket.IPPROTO_TCP
+        connection, _ = listener.accept()
+        with connection:
+            assert connection.proto == socket.IPPROTO_TCP
+            assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_every_class_made_can_be_filled_predicted_with_and_removed(omniglot, drawings):
+    """Names that cannot be one segment of a URL path (. .. or with /) are refused when made, so a
+    class that could never be filled or removed, and would block every prediction, cannot exist."""
+    for name in (".", "..", "a/b", "/", " ", "x" * 65, "tab\there"):
+        reply = post_json(f"{omniglot}/api/classes", {"name": name})
+        assert reply.status == 400, name
+        assert reply.json()["error"] == (
+            'a class name is 1 to 64 printable characters, not all spaces, with no "/", and not "." or ".."'
+        )
+    names = ["...", ".a", "a b", "50% ?x#y", "a\\b", "ü&+=;,", "x" * 64]
+    for c, name in enumerate(names, start=1):
+        assert post_json(f"{omniglot}/api/classes", {"name": name}).status == 201, name
+        added = post_files(
+            f"{omniglot}/api/classes/{quote(name, safe='')}/images", files(drawings, c, slice(1))
+        )
+        assert added.status == 200, (name, added.body)
+    reply = post_files(f"{omniglot}/api/predict", files(drawings, 1, slice(2, 3)))
+    assert reply.status == 200 and reply.json()["classes"] == names
+    for name in names:
+        assert request(f"{omniglot}/api/classes/{quote(name, safe='')}", "DELETE").status == 200, name
+    assert request(f"{omniglot}/api/classes").json()["classes"] == []
+
+
+def test_the_images_held_and_the_last_predictions_are_served(omniglot, drawings):
+    """What a reloaded page shows: each class's images as the model sees them, and the last
+    predictions with their query images, marked not current once the classes change."""
+    assert request(f"{omniglot}/api/predictions").json() == {
+        "classes": [],
+        "predictions": [],
+        "adapt_seconds": 0.0,
+        "current": False,
+    }
+    teach(omniglot, drawings, classes=2)
+    image = request(f"{omniglot}/api/classes/character02/images/1")
+    assert image.status == 200 and image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.body)).size == (28, 28)
+    missing = request(f"{omniglot}/api/classes/character02/images/2")
+    assert missing.status == 404 and missing.json()["error"] == "class 'character02' has 2 images; no image 2"
+    predicted = post_files(f"{omniglot}/api/predict", files(drawings, 2, slice(2, 5))).json()
+    assert predicted["current"] is True
+    assert request(f"{omniglot}/api/predictions").json() == predicted
+    query = request(f"{omniglot}/api/predictions/2")
+    assert query.status == 200 and Image.open(io.BytesIO(query.body)).mode == "L"
+    assert request(f"{omniglot}/api/predictions/3").status == 404
+    assert post_json(f"{omniglot}/api/classes", {"name": "new"}).status == 201
+    assert request(f"{omniglot}/api/predictions").json() == {**predicted, "current": False}
+
+
+def test_sizes_are_reported_exactly_and_an_image_at_the_limit_is_taken(drawings):
+    good = files(drawings, 1, slice(1))[0][1]
+    with running(Session("omniglot", limits=Limits(image_bytes=len(good) + 10))) as url:
+        assert post_json(f"{url}/api/classes", {"name": "a"}).status == 201
+        at_limit = post_files(f"{url}/api/classes/a/images", [("at.png", good + b"\0" * 10)])
+        assert at_limit.status == 200, at_limit.body
+        over = post_files(f"{url}/api/classes/a/images", [("over.png", good + b"\0" * 11)])
+        assert over.status == 413
+        assert over.json()["error"] == (
+            f"over.png is {len(good) + 11:,} bytes, over the limit of {len(good) + 10:,} bytes an image; "
+            "shrink it or choose another"
+        )
+
+
+def test_the_openapi_document_labels_each_error_with_its_meaning(omniglot):
+    document = request(f"{omniglot}/openapi.json").json()
+    meanings = {"400": "Bad request", "403": "Forbidden", "404": "Not found", "409": "Conflict"}
+    meanings |= {"413": "Too large", "415": "Unsupported media type"}
+    labelled = 0
+    for item in document["paths"].values():
+        for operation in item.values():
+            for code, answer in operation["responses"].items():
+                if code.startswith("4"):
+                    assert answer["description"].startswith(meanings[code]), (code, answer)
+                    labelled += 1
+    assert labelled >= 15

@@ -13,8 +13,26 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-ERROR = {"description": "refused; the message names the problem and the fix", **_json(_ref("Error"))}
-ERRORS = {str(code): ERROR for code in (400, 404, 409, 413, 415)}
+ERROR_MEANINGS = {
+    400: "Bad request: a malformed body, a bad value, a request that is not addressed to this "
+    "server's host, or classes not ready to adapt; the message names the problem and the fix",
+    403: "Forbidden: a page of another origin tried to change something",
+    404: "Not found: no such class or image",
+    409: "Conflict: the class exists already, or the classes of an exported classifier are fixed",
+    413: "Too large: over a size or count limit; the message gives the sizes",
+    415: "Unsupported media type: not an image, or not multipart/form-data",
+}
+
+
+def errors(*codes: int) -> dict:
+    """The error answers `codes`, each JSON {"error": message} labelled with its meaning."""
+    return {str(code): _json(_ref("Error"), ERROR_MEANINGS[code]) for code in codes}
+
+
+def _png(description: str) -> dict:
+    return {"description": description, "content": {"image/png": {}}}
+
+
 FILES = {
     "required": True,
     "content": {
@@ -27,7 +45,19 @@ FILES = {
         }
     },
 }
-CLASS_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+CLASS_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "pattern": "^[^/]+$",
+        "not": {"enum": [".", ".."]},
+    },
+}
+INDEX = {"name": "index", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
 
 SCHEMAS = {
     "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
@@ -82,6 +112,7 @@ SCHEMAS = {
                 },
             },
             "adapt_seconds": {"type": "number"},
+            "current": {"type": "boolean", "description": "false once the classes changed since"},
         },
     },
 }
@@ -103,14 +134,14 @@ PATHS = {
                     }
                 },
             },
-            "responses": {"201": _json(_ref("Classes"), "made"), **ERRORS},
+            "responses": {"201": _json(_ref("Classes"), "Created"), **errors(400, 403, 409, 413)},
         },
     },
     "/api/classes/{name}": {
         "delete": {
             "summary": "Remove a class and its images",
             "parameters": [CLASS_NAME],
-            "responses": {"200": _json(_ref("Classes")), **ERRORS},
+            "responses": {"200": _json(_ref("Classes")), **errors(403, 404, 409)},
         }
     },
     "/api/classes/{name}/images": {
@@ -118,20 +149,40 @@ PATHS = {
             "summary": "Add support images to a class (all or none)",
             "parameters": [CLASS_NAME],
             "requestBody": FILES,
-            "responses": {"200": _json(_ref("Classes")), **ERRORS},
+            "responses": {"200": _json(_ref("Classes")), **errors(400, 403, 404, 409, 413, 415)},
+        }
+    },
+    "/api/classes/{name}/images/{index}": {
+        "get": {
+            "summary": "Support image `index` of a class as the model sees it (its size and colour)",
+            "parameters": [CLASS_NAME, INDEX],
+            "responses": {"200": _png("OK"), **errors(404)},
         }
     },
     "/api/adapt": {
         "post": {
             "summary": "Adapt the model to the classes now (the MAML family takes gradient steps)",
-            "responses": {"200": _json(_ref("Adapted")), **ERRORS},
+            "responses": {"200": _json(_ref("Adapted")), **errors(400, 403)},
         }
     },
     "/api/predict": {
         "post": {
             "summary": "Predicted class and probabilities of query images, classified in one batch",
             "requestBody": FILES,
-            "responses": {"200": _json(_ref("Predictions")), **ERRORS},
+            "responses": {"200": _json(_ref("Predictions")), **errors(400, 403, 413, 415)},
+        }
+    },
+    "/api/predictions": {
+        "get": {
+            "summary": "The last predictions (none before any), and whether the classes are unchanged since",
+            "responses": {"200": _json(_ref("Predictions"))},
+        }
+    },
+    "/api/predictions/{index}": {
+        "get": {
+            "summary": "Query image `index` of the last predictions, as the model saw it",
+            "parameters": [INDEX],
+            "responses": {"200": _png("OK"), **errors(404)},
         }
     },
     "/api/predictions.csv": {
@@ -148,7 +199,7 @@ PATHS = {
             ],
             "responses": {
                 "200": {"description": "OK", "content": {"application/octet-stream": {}}},
-                **ERRORS,
+                **errors(400),
             },
         }
     },

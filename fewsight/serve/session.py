@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from fewsight.run.build import channels
@@ -23,11 +24,32 @@ from fewsight.use.predict import Prediction, classify, model_input, write_csv
 
 @dataclass
 class Adapted:
-    """A classifier for the session's current classes, and how long adapting took."""
+    """A classifier for the session's classes as they were at `version`, and how long adapting took."""
 
     classifier: nn.Module
     names: list[str]
     seconds: float
+    version: int = 0
+
+
+@dataclass
+class Predicted:
+    """The last predictions, the query images as the model saw them, and the classifier's version."""
+
+    predictions: list[Prediction]
+    images: torch.Tensor
+    adapted: Adapted
+
+
+def png(image: torch.Tensor) -> bytes:
+    """A uint8 (channels, height, width) image as PNG bytes."""
+    array = image.numpy()
+    buffer = io.BytesIO()
+    if array.shape[0] == 1:
+        Image.fromarray(array[0], "L").save(buffer, format="PNG")
+    else:
+        Image.fromarray(array.transpose(1, 2, 0), "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class Session:
@@ -40,8 +62,9 @@ class Session:
     def __init__(self, model: str, device: torch.device | str = "cpu", limits: Limits | None = None) -> None:
         self.model, self.device, self.limits = str(model), torch.device(device), limits or Limits()
         self.classes: dict[str, list[torch.Tensor]] = {}
-        self._last: tuple[list[Prediction], list[str]] = ([], [])
+        self._last: Predicted | None = None
         self._lock = threading.Lock()
+        self._version = 0  # counts the changes of classes
         self._adapted: Adapted | None = None
         if Path(model).is_file():
             self.config, classifier, names = load_exported(Path(model), self.device)
@@ -80,17 +103,21 @@ class Session:
             return {"classes": classes, "adapted": self._adapted is not None}
 
     def add_class(self, name: object) -> None:
-        """A new empty class."""
+        """A new empty class. Its name must fit in a URL path segment (no /, not . or ..), so that
+        every class made can be filled, removed and predicted with."""
         self._teachable()
-        if not isinstance(name, str) or not name.strip() or len(name) > 64 or not name.isprintable():
-            raise UploadError("a class name is 1 to 64 printable characters")
+        if not valid_name(name):
+            raise UploadError(
+                'a class name is 1 to 64 printable characters, not all spaces, with no "/", '
+                'and not "." or ".."'
+            )
         with self._lock:
             if name in self.classes:
-                raise UploadError(f"there is already a class {name!r}", 409)
+                raise UploadError(f"there is already a class {name!r}; pick another name", 409)
             if len(self.classes) >= self.limits.classes:
-                raise UploadError(f"at most {self.limits.classes} classes", 413)
+                raise UploadError(f"at most {self.limits.classes} classes; remove one first", 413)
             self.classes[name] = []
-            self._adapted = None
+            self._changed()
 
     def remove_class(self, name: str) -> None:
         """Forget a class and its images."""
@@ -98,7 +125,7 @@ class Session:
         with self._lock:
             self._known(name)
             del self.classes[name]
-            self._adapted = None
+            self._changed()
 
     def add_images(self, name: str, files: list[tuple[str, bytes]]) -> int:
         """Decode and add support images to a class (all or none); returns the class's image count."""
@@ -109,8 +136,18 @@ class Session:
         with self._lock:
             self._room(name, len(files))
             self.classes[name] += list(images)
-            self._adapted = None
+            self._changed()
             return len(self.classes[name])
+
+    def image(self, name: str, index: int) -> bytes:
+        """Support image `index` of class `name` as PNG, as the model sees it (its size and colour)."""
+        with self._lock:
+            self._known(name)
+            if not 0 <= index < len(self.classes[name]):
+                raise UploadError(
+                    f"class {name!r} has {len(self.classes[name])} images; no image {index}", 404
+                )
+            return png(self.classes[name][index])
 
     def adapt(self) -> Adapted:
         """The classifier for the current classes, adapted now unless it already is."""
@@ -119,23 +156,38 @@ class Session:
                 self._adapted = self._adapt()
             return self._adapted
 
-    def predict(self, files: list[tuple[str, bytes]]) -> tuple[list[Prediction], Adapted]:
-        """Predicted class and probabilities of each query image (all in one batch), and the
-        classifier that predicted them."""
+    def predict(self, files: list[tuple[str, bytes]]) -> tuple[Predicted, bool]:
+        """Predicted class and probabilities of each query image (all in one batch), with the
+        classifier that predicted them; and whether the classes are still those it was adapted to
+        (another request may have changed them meanwhile)."""
         images = self._decode(files)
         adapted = self.adapt()
         x = model_input(images, self.config).to(self.device)
         predictions = classify(adapted.classifier, x, [name for name, _ in files], adapted.names)
         with self._lock:
-            self._last = (predictions, adapted.names)
-        return predictions, adapted
+            self._last = Predicted(predictions, images, adapted)
+            return self._last, adapted.version == self._version
+
+    def last(self) -> tuple[Predicted | None, bool]:
+        """The last predictions (None before any), and whether the classes are still those they
+        were predicted among."""
+        with self._lock:
+            last = self._last
+            return last, last is not None and last.adapted.version == self._version
+
+    def query_image(self, index: int) -> bytes:
+        """Query image `index` of the last predictions as PNG, as the model saw it."""
+        last, _ = self.last()
+        count = 0 if last is None else len(last.predictions)
+        if not 0 <= index < count:
+            raise UploadError(f"the last predictions have {count} images; no image {index}", 404)
+        return png(last.images[index])
 
     def predictions_csv(self) -> str:
         """The last predictions as `fewsight predict --csv` writes them (only a header before any)."""
-        with self._lock:
-            predictions, names = self._last
+        last, _ = self.last()
         text = io.StringIO()
-        write_csv(predictions, names, text)
+        write_csv([] if last is None else last.predictions, [] if last is None else last.adapted.names, text)
         return text.getvalue()
 
     def export(self, format: str) -> bytes:
@@ -160,7 +212,12 @@ class Session:
         support_y = torch.tensor([label for label, n in enumerate(names) for _ in self.classes[n]])
         start = time.perf_counter()
         classifier = self.learner.adapt(support_x.to(self.device), support_y.to(self.device))
-        return Adapted(classifier, names, time.perf_counter() - start)
+        return Adapted(classifier, names, time.perf_counter() - start, self._version)
+
+    def _changed(self) -> None:
+        """The classes changed (the caller holds the lock): the classifier must adapt again."""
+        self._adapted = None
+        self._version += 1
 
     def _decode(self, files: list[tuple[str, bytes]]) -> torch.Tensor:
         size, depth = self.config.image_size, channels(self.config)
@@ -181,5 +238,23 @@ class Session:
 
     def _room(self, name: str, count: int) -> None:
         self._known(name)
-        if len(self.classes[name]) + count > self.limits.images_per_class:
-            raise UploadError(f"a class holds at most {self.limits.images_per_class} images", 413)
+        have, most = len(self.classes[name]), self.limits.images_per_class
+        if have + count > most:
+            raise UploadError(
+                f"class {name!r} holds {have} images, and a class holds at most {most}; "
+                f"send at most {most - have} more",
+                413,
+            )
+
+
+def valid_name(name: object) -> bool:
+    """Whether `name` can name a class: 1 to 64 printable characters, not all spaces, usable as one
+    segment of a URL path (no /, not . or .., which URLs resolve away)."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 64
+        and name.isprintable()
+        and bool(name.strip())
+        and "/" not in name
+        and name not in (".", "..")
+    )

@@ -31,6 +31,7 @@ class Limits:
 
     image_bytes: int = 10 * MB
     request_bytes: int = 50 * MB
+    json_bytes: int = 64 * 1024
     files_per_request: int = 64
     image_pixels: int = 40_000_000
     images_per_class: int = 50
@@ -52,27 +53,11 @@ class _InMemoryParser(MultiPartParser):
     spool_max_size = 1 << 62
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused (413) as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise UploadError(
-            f"the upload is {int(declared) / MB:.1f} MB; send at most {limit // MB} MB at once", 413
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadError(f"the upload is over {megabytes(limit)}; send fewer images at once", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def read_files(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
     """(file name, bytes) of every file of a multipart/form-data request, in order."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UploadError("send the images as multipart/form-data, one or more fields named files", 415)
-    body = await read_body(request, limits.request_bytes)
+    body = await request.body()  # within Limits.request_bytes: guards.BodyLimit refuses more
 
     async def stream():
         yield body
@@ -88,8 +73,9 @@ async def read_files(request: Request, limits: Limits) -> list[tuple[str, bytes]
     return files
 
 
-def megabytes(size: int) -> str:
-    return f"{size / MB:.1f} MB"
+def size_limit(size: int) -> str:
+    """A limit in bytes, exactly, with its megabytes when it is a whole number of them."""
+    return f"{size:,} bytes ({size // MB} MB)" if size >= MB and size % MB == 0 else f"{size:,} bytes"
 
 
 def _display_name(filename: str | None) -> str:
@@ -108,9 +94,13 @@ def image_kind(data: bytes) -> str | None:
 def decode_upload(name: str, data: bytes, limits: Limits, image_size: int, channels: int) -> np.ndarray:
     """One uploaded image as uint8 (channels, size, size), after checking its size, kind and pixel
     count; a FewsightError naming the file otherwise."""
+    if not data:
+        raise UploadError(f"{name} is empty (0 bytes); remove it, or choose the image it should be")
     if len(data) > limits.image_bytes:
         raise UploadError(
-            f"{name} is {len(data) / MB:.1f} MB; images may be at most {limits.image_bytes // MB} MB", 413
+            f"{name} is {len(data):,} bytes, over the limit of {size_limit(limits.image_bytes)} an image; "
+            "shrink it or choose another",
+            413,
         )
     kind = image_kind(data)
     if kind is None:
@@ -122,6 +112,8 @@ def decode_upload(name: str, data: bytes, limits: Limits, image_size: int, chann
         raise UploadError(f"{name} is a damaged {kind} file; remove or replace it") from error
     if width * height > limits.image_pixels:
         raise UploadError(
-            f"{name} is {width}x{height} pixels; images may have at most {limits.image_pixels:,} pixels", 413
+            f"{name} is {width}x{height} pixels, over the limit of {limits.image_pixels:,} pixels an image; "
+            "shrink it or choose another",
+            413,
         )
     return decode_image(io.BytesIO(data), image_size, channels, name)

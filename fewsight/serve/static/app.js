@@ -2,7 +2,8 @@
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const thumbnails = new Map(); // class name -> object URLs of the images added from this page
+// class name -> <img> of each image the server holds for it, kept so that a render fetches only new ones
+const thumbnails = new Map();
 let model = null;
 
 // ---- talking to the server -------------------------------------------------------------------
@@ -20,8 +21,9 @@ function filesForm(files) {
   return form;
 }
 
+// The error banner is fixed to the bottom of the window, so that it shows wherever the page is scrolled.
 function showError(error) {
-  $("#error").textContent = error ? error.message : "";
+  $("#error-text").textContent = error ? error.message : "";
   $("#error").hidden = !error;
 }
 
@@ -65,21 +67,42 @@ function renderClasses(state) {
     }
     const thumbs = document.createElement("div");
     thumbs.className = "thumbs";
-    for (const url of thumbnails.get(name) || []) thumbs.append(Object.assign(new Image(), { src: url }));
+    thumbs.append(...heldImages(name, images));
     card.append(title, thumbs);
     if (!model.fixed_classes) card.append(dropZone(`Add images to ${name}`, (files) => addImages(name, files)));
     list.append(card);
   }
+  const names = new Set(state.classes.map(({ name }) => name));
+  for (const name of thumbnails.keys()) if (!names.has(name)) thumbnails.delete(name);
   const select = $("#camera-class");
   select.replaceChildren(...state.classes.map(({ name }) => new Option(name, name)));
+}
+
+// The images the server holds for a class, as the model sees them; the ones already shown are kept.
+function heldImages(name, count) {
+  let held = thumbnails.get(name) || [];
+  if (held.length > count) held = []; // fewer than shown: the class was made again
+  const base = `/api/classes/${encodeURIComponent(name)}/images`;
+  const stamp = Date.now(); // a class made again under a name must not show the old images from the cache
+  for (let index = held.length; index < count; index++) {
+    held.push(Object.assign(new Image(), { src: `${base}/${index}?t=${stamp}`, alt: `${name} ${index + 1}` }));
+  }
+  thumbnails.set(name, held);
+  return held;
 }
 
 async function refreshClasses() {
   renderClasses(await api("/api/classes"));
 }
 
+// Any change of classes makes the predictions on screen stale: they were made among other classes.
+function classesChanged(state) {
+  renderClasses(state);
+  markStale();
+}
+
 async function addClass(name) {
-  renderClasses(await api("/api/classes", {
+  classesChanged(await api("/api/classes", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ name }),
@@ -87,8 +110,7 @@ async function addClass(name) {
 }
 
 async function removeClass(name) {
-  thumbnails.delete(name);
-  renderClasses(await api(`/api/classes/${encodeURIComponent(name)}`, { method: "DELETE" }));
+  classesChanged(await api(`/api/classes/${encodeURIComponent(name)}`, { method: "DELETE" }));
 }
 
 async function addImages(name, files) {
@@ -97,8 +119,7 @@ async function addImages(name, files) {
     method: "POST",
     body: filesForm(files),
   });
-  thumbnails.set(name, [...(thumbnails.get(name) || []), ...files.map((f) => URL.createObjectURL(f))]);
-  renderClasses(state);
+  classesChanged(state);
   setStatus("");
 }
 
@@ -152,27 +173,43 @@ async function adaptWithProgress() {
 }
 
 async function predict(files) {
+  clearPredictions(); // whatever happens next, the old results are not the answer to these images
   await adaptWithProgress();
   setStatus(`Classifying ${files.length} image(s)…`, true);
-  const result = await api("/api/predict", { method: "POST", body: filesForm(files) });
-  renderPredictions(result, files);
-  setStatus(`${result.predictions.length} image(s) classified`);
-  $("#download-csv").disabled = false;
+  renderPredictions(await api("/api/predict", { method: "POST", body: filesForm(files) }));
+  setStatus(`${files.length} image(s) classified`);
 }
 
-function renderPredictions(result, files) {
+function clearPredictions() {
+  $("#results tbody").replaceChildren();
+  $("#results").hidden = true;
+  markStale(false);
+}
+
+// Results made among other classes than the current ones stay visible, marked as such.
+function markStale(stale = true) {
+  const shown = !$("#results").hidden;
+  $("#results").classList.toggle("stale", stale && shown);
+  $("#stale").hidden = !(stale && shown);
+}
+
+// The predictions the server holds (the last ones), with the query images as the model saw them.
+function renderPredictions(result) {
   const rows = $("#results tbody");
   rows.replaceChildren();
+  const stamp = Date.now();
   result.predictions.forEach((prediction, index) => {
     const row = rows.insertRow();
-    row.insertCell().append(Object.assign(new Image(), { src: URL.createObjectURL(files[index]) }));
+    row.insertCell().append(Object.assign(new Image(), { src: `/api/predictions/${index}?t=${stamp}` }));
     row.insertCell().textContent = prediction.file;
     const predicted = row.insertCell();
     predicted.className = "predicted";
     predicted.textContent = prediction.predicted;
     row.insertCell().append(...probabilityBars(result.classes, prediction.probabilities));
   });
-  $("#results").hidden = false;
+  $("#results").hidden = result.predictions.length === 0;
+  $("#download-csv").disabled = result.predictions.length === 0;
+  markStale(!result.current);
 }
 
 // The five most probable classes as small bars.
@@ -253,6 +290,7 @@ async function start() {
   $("#export-pt").onclick = () => attempt(() => download("/api/export?format=pt", "fewsight-classifier.pt"));
   $("#export-onnx").onclick = () => attempt(() => download("/api/export?format=onnx", "fewsight-classifier.onnx"));
   $("#download-csv").onclick = () => attempt(() => download("/api/predictions.csv", "predictions.csv"));
+  $("#error-close").onclick = () => showError(null);
   if (navigator.mediaDevices?.getUserMedia && !model.fixed_classes) {
     $("#camera-start").hidden = false;
     $("#camera-start").onclick = () => attempt(startCamera);
@@ -260,6 +298,7 @@ async function start() {
     $("#camera-capture").onclick = () => attempt(capturePhoto);
   }
   await refreshClasses();
+  renderPredictions(await api("/api/predictions"));
 }
 
 attempt(start);
