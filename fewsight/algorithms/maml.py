@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from typing import TypeVar
 
@@ -28,9 +29,12 @@ from torch.func import functional_call
 from fewsight.algorithms.base import MetaLearner, MetaLoss
 from fewsight.algorithms.multistep import multi_step_weights
 from fewsight.algorithms.recompute import recompute
+from fewsight.algorithms.selfcheck import TOLERANCE as SELF_CHECK_TOLERANCE
+from fewsight.algorithms.selfcheck import check_meta_gradient
 from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
 from fewsight.nets.batchnorm import TaskBatchNorm, with_context
+from fewsight.nets.written_out import WrittenOutNorms, calls_torch_norms, running_statistics_layers
 
 Params = dict[str, torch.Tensor]
 Step = Callable[[Params, torch.Tensor, torch.Tensor, int], Params]  # one inner step: fast -> fast
@@ -79,6 +83,9 @@ class MAML(MetaLearner):
         first_order_steps: derivative-order annealing: first order for this many meta-steps.
         task_chunk: memory lever: meta-gradient of this many tasks at a time (0: all at once).
         checkpoint_inner: memory lever: recompute each inner step in the backward pass.
+        self_check: on the first meta-gradient, compare the vectorised path with the per-task loop
+            in float64 on a copy (`fewsight.check_meta_gradient`), and take the loop, with a
+            warning, if they differ; `meta_gradient_error` then holds the difference.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class MAML(MetaLearner):
         first_order_steps: int = 0,
         task_chunk: int = 0,
         checkpoint_inner: bool = False,
+        self_check: bool = True,
     ) -> None:
         super().__init__()
         if steps < 1 or (eval_steps is not None and eval_steps < 1):
@@ -114,6 +122,9 @@ class MAML(MetaLearner):
         self.first_order, self.transductive, self.per_task = first_order, transductive, per_task
         self.multi_step_loss, self.first_order_steps = multi_step_loss, first_order_steps
         self.task_chunk, self.checkpoint_inner = task_chunk, checkpoint_inner
+        self.self_check, self.meta_gradient_error = self_check, None
+        # torch's own norm layers (or a user's module that may call them) run written out under vmap.
+        self.rewrite_norms = calls_torch_norms(model)
         self.meta_step = 0  # set by `schedule`; drives the multi-step loss and derivative order
         named = dict(model.named_parameters())
         self.norms = (
@@ -303,14 +314,22 @@ class MAML(MetaLearner):
         """Run the torch.func version unless this model needs the plain loop (see `per_task`)."""
         if not self.per_task:
             try:
-                result = transformed()
+                with WrittenOutNorms() if self.rewrite_norms else nullcontext():
+                    result = transformed()
             except torch.OutOfMemoryError:
                 raise
             except RuntimeError as error:
                 if self.per_task is False:
                     raise
+                tracking = running_statistics_layers(self.model)
+                reason = (
+                    f"{tracking[0]} updates running statistics in place, which cannot run for all "
+                    "tasks at once; track_running_stats=False or fewsight.replace_batchnorm avoids it"
+                    if tracking
+                    else str(error).splitlines()[0]
+                )
                 warnings.warn(
-                    f"torch.func cannot take this model ({str(error).splitlines()[0]}); "
+                    f"torch.func cannot take this model ({reason}); "
                     "falling back to a loop over tasks with plain autograd (slower, same result)",
                     stacklevel=3,
                 )
@@ -319,6 +338,28 @@ class MAML(MetaLearner):
                 self.per_task = False
                 return result
         return reference()
+
+    def check_once(self, batch: TaskBatch) -> None:
+        """The self-check, before the first vectorised meta-gradient (see `self_check`)."""
+        if not self.self_check or self.per_task is not None or self.meta_gradient_error is not None:
+            return
+        if not torch.is_grad_enabled():
+            return
+        try:
+            self.meta_gradient_error = check_meta_gradient(self, batch)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError:
+            return  # torch.func cannot take the model: the first call falls back, with its warning
+        if self.meta_gradient_error > SELF_CHECK_TOLERANCE:
+            warnings.warn(
+                f"the vectorised meta-gradient of this model differs from the per-task loop's by "
+                f"{self.meta_gradient_error:.1e} (relative, float64), so it trains with the loop over "
+                "tasks (slower, right); a model that draws random numbers of its own in eval mode "
+                "can pass self_check=False",
+                stacklevel=3,
+            )
+            self.per_task = True
 
     def step_logits(self, batch: TaskBatch, every_step: bool) -> torch.Tensor:
         """Query logits (T, K, N*Q, N) after every inner step (K = steps) or after the last (K = 1)."""
@@ -345,6 +386,7 @@ class MAML(MetaLearner):
     def meta_loss(self, batch: TaskBatch) -> MetaLoss:
         """The query loss (after every inner step, weighted, with the multi-step loss), `task_chunk`
         tasks at a time if set: each chunk's meta-gradient is taken at once and its graph freed."""
+        self.check_once(batch)
         chunk = self.task_chunk
         if not chunk or chunk >= batch.tasks or not torch.is_grad_enabled():
             return self._weighted_loss(batch)

@@ -44,6 +44,7 @@ class Reptile(MAML):
     def meta_loss(self, batch: TaskBatch) -> MetaLoss:
         """Its value is the query loss after adapting on the support set (for the logs); its gradient
         is Reptile's θ − mean φ."""
+        self.check_once(batch)
         with torch.no_grad():
             logits = self.query_logits(batch)
         logged = self._loss_and_accuracy(logits, batch)

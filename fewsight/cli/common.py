@@ -85,7 +85,7 @@ def data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-root",
         help="folder holding omniglot/images_*.zip or miniimagenet/ (images/ and the split csv files) "
-        "(default: $FEWSIGHT_DATA, else ~/.cache/fewsight/data)",
+        "(default: $FEWSIGHT_DATA, else $FEWSIGHT_CACHE/data, else ~/.cache/fewsight/data)",
     )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

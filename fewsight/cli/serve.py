@@ -29,6 +29,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "other machines, with no password)",
     )
     parser.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0: any free one)")
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name to answer to besides loopback names, the --host address and (off loopback) "
+        "any IP address; repeatable. Other names are refused, so that web sites cannot reach the "
+        "server by DNS rebinding",
+    )
     device_flag(parser)
 
 
@@ -39,4 +48,4 @@ def run(args: argparse.Namespace) -> None:
         raise FewsightError(f"fewsight serve needs {error.name}: pip install 'fewsight[serve]'") from error
     if not 0 <= args.port <= 65535:
         raise FewsightError("--port must be between 0 and 65535")
-    serve(Session(args.model, pick_device(args.device)), args.host, args.port)
+    serve(Session(args.model, pick_device(args.device)), args.host, args.port, args.allow_host)
