@@ -1,5 +1,6 @@
 """Checkpoints: written atomically, the last few kept, loaded without running code."""
 
+import errno
 import io
 import os
 import pickle
@@ -15,6 +16,7 @@ from PIL import Image
 
 from fewsight.cli import main
 from fewsight.errors import FewsightError
+from fewsight.run import files
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
 from fewsight.run.files import read_checkpoint, save_checkpoint
@@ -86,7 +88,8 @@ def test_a_checkpoint_that_would_run_code_is_refused(omniglot_train, run_folder,
     }[command]
     assert main(argv) == 2
     error = capsys.readouterr().err
-    assert "is not a safe fewsight checkpoint: loading it would run code, so it was refused" in error
+    refused = "is not a safe fewsight checkpoint: loading it would run code, so it was refused"
+    assert f"{refused} (it calls posix.system)" in error
     assert len(error.strip().splitlines()) == 1 and "Traceback" not in error
     assert not marker.exists()
 
@@ -306,3 +309,47 @@ def test_an_older_checkpoint_is_evaluated_but_not_resumed(omniglot_train, run_fo
     assert main(["eval", str(run_folder), "--episodes", "2", "--quiet", "--device", "cpu"]) == 0
     assert main(["train", "--steps", "3", *TINY, "--out", str(run_folder), "--resume"]) == 2
     assert "cannot be resumed" in capsys.readouterr().err
+
+
+class FullDisk(io.StringIO):
+    """metrics.jsonl on a disk that fills up after its first row."""
+
+    def write(self, text: str) -> int:
+        if self.getvalue():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(text)
+
+
+@pytest.mark.parametrize("file", ["checkpoint-2.pt", "metrics.jsonl"])
+def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(
+    omniglot_train, tmp_path, monkeypatch, capsys, file
+):
+    run = tmp_path / "run"
+    fsync, real_open = os.fsync, open
+
+    def fsync_on_a_full_disk(descriptor: int) -> None:
+        if os.readlink(f"/proc/self/fd/{descriptor}").endswith(f".{file}.part"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(descriptor)
+
+    def open_on_a_full_disk(path, *args, **kwargs):
+        return FullDisk() if Path(path).name == file else real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync_on_a_full_disk)
+    monkeypatch.setattr(files, "open", open_on_a_full_disk, raising=False)
+    flags = ["--steps", "3", "--checkpoint-every", "1", "--log-every", "1", *TINY]
+    assert main(["train", *flags, "--out", str(run)]) == 2
+    error = capsys.readouterr().err
+    kept = {
+        "checkpoint-2.pt": "checkpoint.pt (step 1) is kept",
+        "metrics.jsonl": "the run's last checkpoint is kept, and --resume continues from it",
+    }[file]
+    assert error.strip() == (
+        f"fewsight: error: could not write {run / file}: the disk is full (No space left on device); "
+        f"free some space on that disk, or train into another --out on a disk with room; {kept}"
+    )
+    assert read_checkpoint(run / "checkpoint.pt")["step"] == 1
+    assert not list(run.glob("*.part")) and not list(run.glob(".*.part"))
+    monkeypatch.undo()
+    assert main(["train", *flags, "--out", str(run), "--resume"]) == 0  # once there is room again
+    assert read_checkpoint(run / "checkpoint.pt")["step"] == 3

@@ -230,7 +230,7 @@ def load_verified(
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        refused = re.search(r"unsupported GLOBAL (\S+)", str(error), re.IGNORECASE)
         raise _unsafe(path, f" (it calls {refused.group(1)})" if refused else "") from error
     except Exception as error:  # torch reports other problems with many exception types
         raise FewsightError(f"{path} is not {what} (torch.load: {type(error).__name__})") from error
