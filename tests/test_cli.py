@@ -180,7 +180,7 @@ def test_a_run_saved_by_a_graphed_gpu_step_resumes_on_the_cpu(omniglot_train, tm
         (["train", "--meta-batch", "0", "--out", "{tmp}/r"], "--meta-batch must be at least 1"),
         (["train", "--algorithm", "protonet", "--task-loop", "--out", "{tmp}/r"], "apply to maml"),
         (["eval", "{tmp}/missing"], "no run folder"),
-        (["eval", "{tmp}"], "neither a run folder"),
+        (["eval", "{tmp}"], "has no config.json, so it is not a run folder"),
     ],
 )
 def test_bad_input_fails_at_once_with_the_fix(omniglot_train, tmp_path, capsys, argv, message):

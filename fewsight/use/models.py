@@ -49,7 +49,10 @@ def resolve_run(model: str | Path) -> Path:
             else f"its folder {path.parent} has no config.json beside it; give {needed}"
         )
         raise FewsightError(f"{model} is a checkpoint file, not a run folder: {beside}")
-    raise FewsightError(f"{model} does not exist; give {needed}")
+    raise FewsightError(
+        f"{model} is neither a run folder, an exported file nor a bundled model "
+        f"({', '.join(bundled_names())}): there is no such file or folder"
+    )
 
 
 def max_ways(config: RunConfig) -> int | None:
