@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,27 @@ def test_a_training_that_fails_before_writing_leaves_no_folder(tmp_path, capsys)
     assert main(["train", *TINY, "--resume", "--out", str(run)]) == 2
     assert "config.json" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_second_real_training_into_the_same_folder_is_refused(omniglot_train, tmp_path, capsys):
+    run = tmp_path / "run"
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    flags = [*TINY[2:], "--steps", "1000000", "--checkpoint-every", "1"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "fewsight", "train", *flags, "--out", str(run)],
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint-1.pt").exists():  # training, and writing its checkpoints
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        for resume in ([], ["--resume"]):
+            assert main(["train", *flags, "--out", str(run), *resume]) == 2
+            error = capsys.readouterr().err
+            assert f"{run} is in use: process {first.pid} is training into it" in error
+            assert len(error.strip().splitlines()) == 1
+        assert first.poll() is None  # the first goes on undisturbed
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
