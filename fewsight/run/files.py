@@ -37,7 +37,7 @@ BEST = "best.pt"  # the weights that scored best in validation so far, with that
 KEEP = 3
 _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pt$")
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
-ROOM = "free some space on that disk, or train into another --out on a disk with room"
+ROOM = "free some space on that disk, or train into another --out on a disk with room"  # run folders
 _MAGIC = (  # what a file that is not a zip archive is, by its first bytes
     (b"\xff\xd8\xff", "a JPEG image"),
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
@@ -60,7 +60,7 @@ class DamagedFile(FewsightError):
         return DamagedFile(self.path, self.detail, fix)
 
 
-def full_disk(path: Path, error: OSError, room: str = ROOM) -> FewsightError | None:
+def full_disk(path: Path, error: OSError, room: str) -> FewsightError | None:
     """One line for `error` writing `path` if the disk is full (or a quota reached): the file and
     what to do (`room`); None for another error."""
     if error.errno not in _FULL:
@@ -68,7 +68,7 @@ def full_disk(path: Path, error: OSError, room: str = ROOM) -> FewsightError | N
     return FewsightError(f"could not write {path}: the disk is full ({error.strerror or error}); {room}")
 
 
-def write_atomic(data: bytes, path: Path, room: str = ROOM) -> None:
+def write_atomic(data: bytes, path: Path, room: str = "free some space on that disk") -> None:
     """Write `data` to a temporary file beside `path`, flush it to disk, then rename it over `path`.
     On any failure the temporary file is removed and `path` is left as it was; a full disk is said
     in one line naming `path` and what to do (`room`)."""
@@ -119,7 +119,7 @@ class MetricsLog:
 
 def write_json(value: object, path: Path) -> None:
     """Write `value` as indented JSON (a config.json), atomically."""
-    write_atomic((json.dumps(value, indent=2) + "\n").encode(), path)
+    write_atomic((json.dumps(value, indent=2) + "\n").encode(), path, ROOM)
 
 
 def keep_metrics_until(path: Path, step: int) -> None:
@@ -134,7 +134,7 @@ def keep_metrics_until(path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
-    write_atomic("".join(kept).encode(), path)
+    write_atomic("".join(kept).encode(), path, ROOM)
 
 
 def step_of(path: Path) -> int:
@@ -248,7 +248,8 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
 
 def save_best(learner: dict, step: int, score: float, folder: Path) -> None:
     """Write best.pt: the weights that scored best in validation, with their step and score."""
-    write_atomic(serialise({"learner": learner, "step": step, "val_accuracy": score}), folder / BEST)
+    state = {"learner": learner, "step": step, "val_accuracy": score}
+    write_atomic(serialise(state), folder / BEST, f"{ROOM}; the last checkpoint is kept")
 
 
 def best_score_until(folder: Path, step: int) -> float:

@@ -63,7 +63,7 @@ def export_classifier(
     """Write an adapted classifier as one small file (see `classifier_bytes`)."""
     data = classifier_bytes(config, classifier, class_names, format)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(data, out)
+    write_atomic(data, out, "free some space on that disk, or export to another --out on a disk with room")
 
 
 def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, nn.Module, list[str]]:
