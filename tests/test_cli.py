@@ -132,7 +132,8 @@ def test_resume_keeps_the_run_length_unless_raised_and_warns_of_a_stretched_cosi
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(omniglot_train, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--steps", "1", *TINY, "--inner-lr", "0.2", "--out", str(run)]) == 0
-    (run / "checkpoint.pt").unlink()  # as if killed before it wrote one: config.json and metrics stay
+    for checkpoint in run.glob("checkpoint*.pt"):  # as if killed before it wrote one: config.json and
+        checkpoint.unlink()  # metrics stay (with checkpoint-1.pt left, --resume would go on from it)
     capsys.readouterr()
     assert main(["train", "--steps", "2", "--quiet", "--device", "cpu", "--out", str(run), "--resume"]) == 0
     error = capsys.readouterr().err
@@ -180,7 +181,7 @@ def test_a_run_saved_by_a_graphed_gpu_step_resumes_on_the_cpu(omniglot_train, tm
         (["train", "--meta-batch", "0", "--out", "{tmp}/r"], "--meta-batch must be at least 1"),
         (["train", "--algorithm", "protonet", "--task-loop", "--out", "{tmp}/r"], "apply to maml"),
         (["eval", "{tmp}/missing"], "no run folder"),
-        (["eval", "{tmp}"], "neither a run folder"),
+        (["eval", "{tmp}"], "has no config.json, so it is not a run folder"),
     ],
 )
 def test_bad_input_fails_at_once_with_the_fix(omniglot_train, tmp_path, capsys, argv, message):

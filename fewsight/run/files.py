@@ -4,17 +4,26 @@ A run folder holds `config.json`, `metrics.jsonl`, `checkpoint.pt` (the newest) 
 `checkpoint-STEP.pt` for the last `KEEP` saves, and `best.pt`, the weights of the best validation
 score so far (runs that validate).
 Every file is written to a temporary name, flushed to disk and renamed over its target, so a
-process killed at any moment leaves either the old file or the new one, never half of one.
+process killed at any moment leaves either the old file or the new one, never half of one. Every
+checkpoint is checked before it is loaded: the CRC-32 of each member of its zip archive (torch.save
+writes one), so that a damaged file is named as damaged and never used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import math
 import os
 import pickle
+import pickletools
 import re
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,16 +36,54 @@ LATEST = "checkpoint.pt"
 BEST = "best.pt"  # the weights that scored best in validation so far, with that step and score
 KEEP = 3
 _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pt$")
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+ROOM = "free some space on that disk, or train into another --out on a disk with room"  # run folders
+_MAGIC = (  # what a file that is not a zip archive is, by its first bytes
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip file"),
+)
+_RUNS_CODE = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}  # pickle opcodes
 
 
-def write_atomic(data: bytes, path: Path) -> None:
-    """Write `data` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+class DamagedFile(FewsightError):
+    """A file that fails its check (a member's CRC-32, a zip archive cut short): it is not used."""
+
+    def __init__(self, path: Path, detail: str, fix: str = "") -> None:
+        self.path, self.detail = path, detail
+        super().__init__(f"{path} is damaged ({detail}), so it was not used" + (f"; {fix}" if fix else ""))
+
+    def fixed_by(self, fix: str) -> DamagedFile:
+        """The same error with what to do about it."""
+        return DamagedFile(self.path, self.detail, fix)
+
+
+def full_disk(path: Path, error: OSError, room: str) -> FewsightError | None:
+    """One line for `error` writing `path` if the disk is full (or a quota reached): the file and
+    what to do (`room`); None for another error."""
+    if error.errno not in _FULL:
+        return None
+    return FewsightError(f"could not write {path}: the disk is full ({error.strerror or error}); {room}")
+
+
+def write_atomic(data: bytes, path: Path, room: str = "free some space on that disk") -> None:
+    """Write `data` to a temporary file beside `path`, flush it to disk, then rename it over `path`.
+    On any failure the temporary file is removed and `path` is left as it was; a full disk is said
+    in one line naming `path` and what to do (`room`)."""
     partial = path.with_name(f".{path.name}.part")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        if isinstance(error, OSError) and (full := full_disk(path, error, room)) is not None:
+            raise full from error
+        raise
     if os.name == "posix":  # make the rename itself durable
         folder = os.open(path.parent, os.O_RDONLY)
         try:
@@ -45,9 +92,34 @@ def write_atomic(data: bytes, path: Path) -> None:
             os.close(folder)
 
 
+class MetricsLog:
+    """metrics.jsonl opened for appending rows; a full disk is said in one line naming it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = open(path, "a")  # noqa: SIM115
+
+    def write(self, text: str) -> None:
+        self._checked(self.handle.write, text)
+
+    def flush(self) -> None:
+        self._checked(self.handle.flush)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a row that could not be written was reported; resume drops it
+            self.handle.close()
+
+    def _checked(self, action: Callable[..., object], *args: object) -> None:
+        try:
+            action(*args)
+        except OSError as error:
+            room = f"{ROOM}; the run's last checkpoint is kept, and --resume continues from it"
+            raise (full_disk(self.path, error, room) or error) from error
+
+
 def write_json(value: object, path: Path) -> None:
     """Write `value` as indented JSON (a config.json), atomically."""
-    write_atomic((json.dumps(value, indent=2) + "\n").encode(), path)
+    write_atomic((json.dumps(value, indent=2) + "\n").encode(), path, ROOM)
 
 
 def keep_metrics_until(path: Path, step: int) -> None:
@@ -62,13 +134,18 @@ def keep_metrics_until(path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
-    write_atomic("".join(kept).encode(), path)
+    write_atomic("".join(kept).encode(), path, ROOM)
+
+
+def step_of(path: Path) -> int:
+    """The step in a checkpoint-STEP.pt file's name."""
+    return int(_NUMBERED.match(path.name).group(1))
 
 
 def numbered(folder: Path) -> list[Path]:
     """The folder's checkpoint-STEP.pt files, oldest first."""
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NUMBERED.match(p.name))]
-    return [path for _, path in sorted(found)]
+    found = [p for p in folder.iterdir() if _NUMBERED.match(p.name)]
+    return sorted(found, key=step_of)
 
 
 def serialise(state: dict) -> bytes:
@@ -79,29 +156,91 @@ def serialise(state: dict) -> bytes:
 
 
 def save_checkpoint(state: dict, folder: Path, step: int, keep: int = KEEP) -> None:
-    """Save `state` as checkpoint-STEP.pt and as checkpoint.pt; delete all but the last `keep` numbered."""
+    """Save `state` as checkpoint-STEP.pt and as checkpoint.pt; delete all but the last `keep` numbered.
+    A full disk is said in one line naming the file, what to do and the checkpoint that is kept."""
     data = serialise(state)
-    write_atomic(data, folder / f"checkpoint-{step}.pt")
-    write_atomic(data, folder / LATEST)
+    earlier = [step_of(p) for p in numbered(folder) if step_of(p) < step]
+    kept = f"{LATEST} (step {max(earlier)}) is kept" if earlier else "no checkpoint had been written yet"
+    write_atomic(data, folder / f"checkpoint-{step}.pt", f"{ROOM}; {kept}")
+    write_atomic(
+        data, folder / LATEST, f"{ROOM}; checkpoint-{step}.pt is whole, and --resume continues from it"
+    )
     for old in numbered(folder)[:-keep]:
         old.unlink()
 
 
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """A checkpoint loaded with weights_only (tensors and plain containers, no code is run).
+def _what_it_is(head: bytes) -> str:
+    """What a file that is not a zip archive is, from its first bytes."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a plain pickle"
+    if not any(byte < 9 or 13 < byte < 32 or byte == 127 for byte in head):
+        return "a text file"
+    return "of a kind fewsight does not know"
 
-    Files that would need code to load, or are damaged, raise a one-line FewsightError.
-    """
+
+def _runs_code(path: Path) -> bool:
+    """Whether a plain pickle imports or calls anything when unpickled (its opcodes read, not run)."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        return any(op.name in _RUNS_CODE for op, _, _ in pickletools.genops(path.read_bytes()))
+    except Exception:  # a pickle cut short: what was read before decides
+        return False
+
+
+def _unsafe(path: Path, detail: str = "") -> FewsightError:
+    return FewsightError(
+        f"{path} is not a safe fewsight checkpoint: loading it would run code, so it was refused{detail}"
+    )
+
+
+def verify_archive(path: Path, what: str = "a fewsight checkpoint") -> None:
+    """Check that `path` is a whole torch zip archive before it is loaded: every member's CRC-32
+    (DamagedFile when one fails, or the archive is cut short or empty), and a data.pkl in it (else a
+    FewsightError saying what the file is instead, e.g. a JPEG image, not `what`)."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if not head:
+        raise DamagedFile(path, "it is empty, 0 bytes")
+    if not head.startswith(b"PK\x03\x04"):
+        kind = _what_it_is(head)
+        if kind == "a plain pickle" and _runs_code(path):
+            raise _unsafe(path, " (a plain pickle, not the zip archive torch.save writes)")
+        raise FewsightError(f"{path} is {kind}, not {what}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            names = archive.namelist()
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as error:
+        raise DamagedFile(path, f"its zip archive is cut short or broken: {error}") from error
+    if bad is not None:
+        raise DamagedFile(path, f"{bad} in its zip archive fails its CRC-32 check")
+    if not any(name.split("/")[-1] == "data.pkl" for name in names):
+        raise FewsightError(f"{path} is a zip archive without data.pkl, not {what}")
+
+
+def load_verified(
+    path: Path, device: torch.device | str = "cpu", what: str = "a fewsight checkpoint"
+) -> object:
+    """What torch.save wrote to `path`, checked by `verify_archive` first, then loaded with
+    weights_only (tensors and plain containers, no code is run). Each way it can fail is one line:
+    damaged (DamagedFile), not `what` (saying what it is), or unsafe (it would run code)."""
+    verify_archive(path, what)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise FewsightError(
-            f"{path} is not a safe fewsight checkpoint: loading it would run code, so it was refused"
-        ) from error
-    except Exception as error:  # torch reports damaged files with many exception types
-        raise FewsightError(
-            f"{path} is damaged or not a fewsight checkpoint (torch.load: {type(error).__name__})"
-        ) from error
+        refused = re.search(r"unsupported GLOBAL (\S+)", str(error), re.IGNORECASE)
+        raise _unsafe(path, f" (it calls {refused.group(1)})" if refused else "") from error
+    except Exception as error:  # torch reports other problems with many exception types
+        raise FewsightError(f"{path} is not {what} (torch.load: {type(error).__name__})") from error
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint, checked and loaded by `load_verified` (no code is run), holding learner weights.
+    A damaged file raises DamagedFile; one that is not a checkpoint, or would run code, a one-line
+    FewsightError."""
+    state = load_verified(path, device)
     if not isinstance(state, dict) or "learner" not in state:
         raise FewsightError(f"{path} is not a fewsight checkpoint (no learner weights in it)")
     return state
@@ -109,14 +248,20 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
 
 def save_best(learner: dict, step: int, score: float, folder: Path) -> None:
     """Write best.pt: the weights that scored best in validation, with their step and score."""
-    write_atomic(serialise({"learner": learner, "step": step, "val_accuracy": score}), folder / BEST)
+    state = {"learner": learner, "step": step, "val_accuracy": score}
+    write_atomic(serialise(state), folder / BEST, f"{ROOM}; the last checkpoint is kept")
 
 
 def best_score_until(folder: Path, step: int) -> float:
     """The validation score of the run's best.pt if it was saved by step `step` (where a resumed run
-    starts; a later one is overwritten as the run gets there again), else -inf."""
+    starts; a later one is overwritten as the run gets there again), else -inf. A damaged best.pt is
+    not used, with a warning: validation writes a new one."""
     path = folder / BEST
     if not path.is_file():
         return -math.inf
-    best = read_checkpoint(path)
+    try:
+        best = read_checkpoint(path)
+    except DamagedFile as error:
+        warnings.warn(f"{error}; validation writes a new one when it next scores best", stacklevel=2)
+        return -math.inf
     return float(best["val_accuracy"]) if best["step"] <= step else -math.inf

@@ -16,7 +16,7 @@ from fewsight.algorithms import MetaLearner
 from fewsight.errors import FewsightError
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
-from fewsight.run.files import BEST, CONFIG, LATEST, read_checkpoint
+from fewsight.run.files import BEST, CONFIG, LATEST, DamagedFile, numbered, read_checkpoint
 
 
 def check_new_folder(out: Path) -> None:
@@ -72,20 +72,44 @@ def resumed_length(saved: int, asked: int, unit: str, cosine: bool) -> int:
 
 def resumable_checkpoint(out: Path, keys: tuple[str, ...], device: torch.device, why_not: str) -> dict | None:
     """The run's last checkpoint, which must hold every one of `keys` to be resumed; if it lacks
-    some, a FewsightError: "OUT/checkpoint.pt has no KEYS (`why_not`)". None, with a warning, for a
-    run stopped before its first checkpoint: it starts again from step 0 with its saved settings."""
-    if not (out / LATEST).is_file():
+    some, a FewsightError: "OUT/checkpoint.pt has no KEYS (`why_not`)". A missing or damaged
+    checkpoint.pt gives way to the newest intact checkpoint-STEP.pt, with a one-line warning naming
+    both. None, with a warning, for a run stopped before its first checkpoint: it starts again from
+    step 0 with its saved settings."""
+    latest, kept = out / LATEST, numbered(out)
+    if not latest.is_file() and not kept:
         warnings.warn(
             f"{out} has no {LATEST} yet (it stopped before its first one): starting it again from "
             "step 0 with its saved settings",
             stacklevel=2,
         )
         return None
-    state = load_checkpoint(out, device)
+    path, state, problem = newest_intact(out, device)
+    if path != latest:
+        warnings.warn(f"{problem}; resuming from {path.name} (step {state['step']}) instead", stacklevel=2)
     missing = [key for key in keys if key not in state]
     if missing:
-        raise FewsightError(f"{out}/checkpoint.pt has no {', '.join(missing)} ({why_not})")
+        raise FewsightError(f"{path} has no {', '.join(missing)} ({why_not})")
     return state
+
+
+def newest_intact(out: Path, device: torch.device | str = "cpu") -> tuple[Path, dict, str]:
+    """The checkpoint a run goes on from: checkpoint.pt, or where that is missing or damaged, the
+    newest intact checkpoint-STEP.pt kept beside it; with the path and what was wrong with the
+    newer ones (a FewsightError when none is intact)."""
+    problems = []
+    for path in [out / LATEST, *reversed(numbered(out))]:
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+            continue
+        try:
+            return path, read_checkpoint(path, device), "; ".join(problems)
+        except DamagedFile as error:
+            problems.append(f"{path} is damaged ({error.detail})")
+    raise FewsightError(
+        f"{'; '.join(problems)}; no intact checkpoint is left to resume from: restore one from a "
+        "backup, or start the run again with another --out"
+    )
 
 
 def start_or_resume(
@@ -136,8 +160,9 @@ def restore_random_states(state: dict, device: torch.device) -> None:
 
 
 def load_checkpoint(folder: Path, device: torch.device | str = "cpu", weights: str = "last") -> dict:
-    """The run's last checkpoint (`weights="last"`) or its best-validated weights ("best"), loaded
-    without executing code (weights_only)."""
+    """The run's last checkpoint (`weights="last"`) or its best-validated weights ("best"), checked
+    and loaded without executing code (weights_only). A damaged one is refused in one line saying
+    what to do: for checkpoint.pt, the intact checkpoint-STEP.pt kept beside it."""
     if weights == "best":
         path = Path(folder) / BEST
         if not path.is_file():
@@ -145,11 +170,31 @@ def load_checkpoint(folder: Path, device: torch.device | str = "cpu", weights: s
                 f"{folder} has no {BEST}: it is written when validation scores best, and this run has not "
                 "validated (--trainval, or not yet --val-every steps); use --weights last"
             )
-        return read_checkpoint(path, device)
+        try:
+            return read_checkpoint(path, device)
+        except DamagedFile as error:
+            raise error.fixed_by(
+                "use --weights last; --resume writes a new one when validation next scores best"
+            ) from error
     path = Path(folder) / LATEST
     if not path.is_file():
         raise FewsightError(f"{folder} has no {LATEST} yet; train it first (fewsight train --out {folder})")
-    return read_checkpoint(path, device)
+    try:
+        return read_checkpoint(path, device)
+    except DamagedFile as error:
+        raise error.fixed_by(_what_to_do(Path(folder))) from error
+
+
+def _what_to_do(folder: Path) -> str:
+    """What to do about a damaged checkpoint.pt: resume from, or copy, the newest intact one kept."""
+    try:
+        kept, state, _ = newest_intact(folder)
+    except FewsightError:
+        return "no intact checkpoint-STEP.pt is kept beside it: restore it from a backup, or train again"
+    return (
+        f"{kept.name} (step {state['step']}) is intact: continue the run from it with fewsight train "
+        f"--out {folder} --resume, or copy it over {LATEST}"
+    )
 
 
 def checkpoint_step(folder: Path, weights: str = "last") -> int | None:

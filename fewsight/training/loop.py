@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fewsight.errors import FewsightError
+from fewsight.run import files
 from fewsight.run.files import METRICS, best_score_until, keep_metrics_until, save_best, save_checkpoint
 from fewsight.run.folder import random_states, restore_random_states
 from fewsight.training.distributed import all_sum
@@ -105,7 +106,7 @@ def run(
             save_checkpoint(snapshot, out, step)
         last_good = step
 
-    metrics = open(out / METRICS, "a") if main else open(os.devnull, "w")  # noqa: SIM115
+    metrics = files.MetricsLog(out / METRICS) if main else open(os.devnull, "w")  # noqa: SIM115
     board = board_class(str(out / "tensorboard")) if board_class is not None and main else None
     bar = tqdm(total=plan.total, initial=start, desc=plan.bar or plan.name, disable=not (progress and main))
     interval_start = time.perf_counter()

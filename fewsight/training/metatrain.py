@@ -19,6 +19,7 @@ from fewsight.run.algorithms import apply_preset
 from fewsight.run.build import assign_classes, build_learner, load_split
 from fewsight.run.config import MODEL_BASED, RunConfig
 from fewsight.run.folder import start_or_resume
+from fewsight.run.lock import holds_run_folder
 from fewsight.run.warmstart import load_backbone, run_backbone
 from fewsight.training import loop
 from fewsight.training.device import autocast, default_device
@@ -81,6 +82,7 @@ def _validation_sampler(
     return EpisodeSampler(data, ways, config.shots, config.queries, device)
 
 
+@holds_run_folder
 def train(
     config: RunConfig,
     out: str | os.PathLike,

@@ -28,6 +28,7 @@ from fewsight.run.build import assign_classes, build_learner, load_split
 from fewsight.run.config import RunConfig
 from fewsight.run.files import CONFIG, write_json
 from fewsight.run.folder import start_or_resume
+from fewsight.run.lock import holds_run_folder
 from fewsight.training import loop
 from fewsight.training.device import autocast, default_device
 from fewsight.training.evaluate import Accuracy, evaluate
@@ -118,6 +119,7 @@ def is_pretrain_run(folder: str | os.PathLike) -> bool:
     return _pretrain_settings(folder) is not None
 
 
+@holds_run_folder
 def pretrain(
     config: PretrainConfig,
     out: str | os.PathLike,

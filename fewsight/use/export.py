@@ -13,7 +13,7 @@ from fewsight.algorithms import MAML, AdaptedClassifier, ParameterPredictor, Pre
 from fewsight.errors import FewsightError
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
-from fewsight.run.files import serialise, write_atomic
+from fewsight.run.files import DamagedFile, load_verified, serialise, write_atomic
 from fewsight.use.onnx import onnx_bytes
 
 EXPORT_FORMAT = "fewsight-classifier/1"
@@ -63,17 +63,20 @@ def export_classifier(
     """Write an adapted classifier as one small file (see `classifier_bytes`)."""
     data = classifier_bytes(config, classifier, class_names, format)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(data, out)
+    write_atomic(data, out, "free some space on that disk, or export to another --out on a disk with room")
 
 
 def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, nn.Module, list[str]]:
     """The config, classifier and class names saved by `export_classifier`."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:
+        state = load_verified(path, device, "a fewsight classifier file (written by fewsight export)")
+    except DamagedFile as error:
+        raise error.fixed_by("export it again with fewsight export") from error
+    if isinstance(state, dict) and "learner" in state and "format" not in state:
         raise FewsightError(
-            f"{path} is not a fewsight classifier file ({error.__class__.__name__})"
-        ) from error
+            f"{path} is a run's checkpoint, not an exported classifier: give its run folder with "
+            "--support DIR, or a file written by fewsight export"
+        )
     if not isinstance(state, dict) or state.get("format") != EXPORT_FORMAT:
         raise FewsightError(f"{path} is not a fewsight classifier file (written by fewsight export)")
     config = RunConfig(**json.loads(state["config"]))

@@ -104,9 +104,10 @@ def adapted_classifier(
     """Config, classifier and class names: those of a file written by fewsight export, or a model (run
     folder or bundled name) adapted to `support`, a folder of one subfolder of a few images per class."""
     if Path(model).is_file():
+        exported = load_exported(Path(model), device)  # says what the file is if not an exported one
         if support is not None:
             raise FewsightError(f"{model} is an exported classifier with its classes; drop --support")
-        return load_exported(Path(model), device)
+        return exported
     if support is None:
         raise FewsightError("pass --support DIR: one subfolder of a few images per class")
     config, learner = load_model(model, device)
