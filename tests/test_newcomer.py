@@ -35,7 +35,7 @@ def test_train_says_where_it_runs_and_how_long_the_run_will_take(omniglot_train,
     assert describe(torch.device("cpu"), "training").startswith("training on the CPU (")
     hint = expected_time(3.5, 6, 60_000, torch.device("cpu"), None)
     assert hint.startswith("3.50 s a step: the 59,994 steps left take about 58 h 20 min")
-    assert "--time 30m" in hint and "--algorithm protonet" in hint and "--time 12m" in hint  # the CPU recipe
+    assert "--time 30m" in hint and "--algorithm protonet" in hint and "--time 11m" in hint  # the CPU recipe
     budget = expected_time(3.5, 6, 60_000, torch.device("cpu"), 600)
     assert budget.endswith("--time 10 min stops it after about 171 of them")
     assert "recipe" not in expected_time(0.03, 6, 60_000, torch.device("cuda"), None)  # a GPU needs no hint
