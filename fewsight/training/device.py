@@ -27,7 +27,8 @@ def describe(device: torch.device, doing: str) -> str:
     """One line on where `doing` runs: the GPU by name, or the CPU and its cores (and a GPU left idle)."""
     if device.type == "cuda":
         return f"{doing} on the GPU {device} ({torch.cuda.get_device_name(device)})"
-    cores = f"{os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    cores = f"{os.cpu_count()} cores, {threads} thread{'s' if threads != 1 else ''}"
     if torch.cuda.is_available():
         return f"{doing} on the CPU ({cores}); a GPU is here: --device cuda uses it"
     return f"{doing} on the CPU ({cores}; no GPU found)"
