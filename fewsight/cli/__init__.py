@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import warnings
 
@@ -43,6 +44,16 @@ def _show_warning(message: Warning | str, *_: object, **__: object) -> None:
     print(f"fewsight: warning: {message}", file=sys.stderr)
 
 
+def _interrupted(args: argparse.Namespace, step: int | None) -> str:
+    """What an interrupted command saved, and the exact command that continues it."""
+    if args.command not in ("train", "pretrain"):
+        return "interrupted"
+    again = f"fewsight {args.command} --resume --out {shlex.quote(str(args.out))}"
+    if step is None:  # stopped at once (a second Ctrl-C) or before training began
+        return f"interrupted; continue from the last checkpoint, if one was saved, with: {again}"
+    return f"interrupted; checkpoint.pt holds step {step:,}; continue from it with: {again}"
+
+
 def _run_command(args: argparse.Namespace) -> int:
     """Run the parsed command; returns the exit status (2 for a problem it explains on stderr)."""
     try:
@@ -50,7 +61,7 @@ def _run_command(args: argparse.Namespace) -> int:
     except (FewsightError, OSError) as error:  # OSError: a full disk, a folder that cannot be written
         print(f"fewsight: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fewsight: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"fewsight: {_interrupted(args, getattr(interrupt, 'step', None))}", file=sys.stderr)
         return 130
     return 0

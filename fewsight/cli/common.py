@@ -28,7 +28,8 @@ HELP = {
     "shots": "labelled support images per class (K)",
     "queries": "query images per class (Q)",
     "meta_batch": "tasks per meta-update (T)",
-    "steps": "meta-updates in all (with --resume: raise it to train longer)",
+    "steps": "meta-updates in all, and the length of the schedules (with --resume: raise it to train "
+    "longer; with --time, training may stop sooner)",
     "inner_lr": "step size of the inner gradient steps (leo: initial latent step size)",
     "inner_steps": "inner gradient steps while meta-training (leo: latent steps, always) "
     f"(default: {DEFAULTS.inner_steps}; {_OWN_STEPS})",
@@ -88,7 +89,11 @@ def data_flags(parser: argparse.ArgumentParser) -> None:
         "(default: $FEWSIGHT_DATA, else $FEWSIGHT_CACHE/data, else ~/.cache/fewsight/data)",
     )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (nor train's lines on the device and expected time)",
+    )
 
 
 def run_options(args: argparse.Namespace) -> dict:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from shlex import quote
 
 from fewsight.cli.common import device_flag, pick_device
+from fewsight.errors import FewsightError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -26,6 +28,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from fewsight.use.predict import adapted_classifier, predict, query_paths, write_csv
 
+    if args.csv and not args.csv.parent.is_dir():  # checked before the model is loaded
+        raise FewsightError(
+            f"--csv {args.csv}: the folder {args.csv.parent} does not exist; create it "
+            f"(mkdir -p {quote(str(args.csv.parent))}) or choose another path"
+        )
     config, classifier, names = adapted_classifier(args.model, args.support, pick_device(args.device))
     predictions = predict(classifier, query_paths(args.query), config, names)
     if args.csv:

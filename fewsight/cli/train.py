@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from shlex import quote
 
 from fewsight.cli.common import (
     AUGMENT_HELP,
@@ -16,8 +17,10 @@ from fewsight.cli.common import (
     run_options,
     settings,
 )
+from fewsight.errors import FewsightError
 from fewsight.run.algorithms import REGISTRY
 from fewsight.run.config import RunConfig
+from fewsight.training.timing import parse_duration
 
 _RESOLVED_LATER = ("image_size", "inner_steps", "eval_inner_steps")  # their defaults depend on other flags
 
@@ -87,7 +90,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument(
+        "--time",
+        type=_duration,
+        metavar="DURATION",
+        help="time budget of this command, e.g. 90s, 12m, 2h: train until it is spent (or --steps are done), "
+        "then validate and save a checkpoint, so the run ends with a usable model; --steps still sets the "
+        "schedules' length (--cosine-lr, --lr-halve-every, MAML++'s annealing), so a run stopped early "
+        "ends partway along them and --resume continues them from there",
+    )
     data_flags(parser)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except FewsightError as error:  # argparse prints it as the flag's error, in one line
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def run(args: argparse.Namespace) -> None:
@@ -105,10 +124,32 @@ def run(args: argparse.Namespace) -> None:
     config.validate()
     device = pick_device(args.device)
     try:
-        out = train(config, args.out, device=device, tensorboard=args.tensorboard, **run_options(args))
+        out = train(
+            config,
+            args.out,
+            device=device,
+            tensorboard=args.tensorboard,
+            time_budget=args.time,
+            **run_options(args),
+        )
     except torch.cuda.OutOfMemoryError as error:
         raise out_of_memory(device, "lower --meta-batch, --ways, --queries or --inner-steps") from error
     from fewsight.training.distributed import is_main
 
     if is_main():
         print(f"trained: {out}")
+        if args.time is not None:
+            print(stopped_early(out), end="")
+
+
+def stopped_early(out: Path) -> str:
+    """A line for a run that --time stopped before its last step: where, and how to score or continue it."""
+    from fewsight.run.folder import checkpoint_step
+
+    step, steps = checkpoint_step(out), RunConfig.load(out).steps
+    if step is None or step >= steps:
+        return ""
+    return (
+        f"--time stopped it at step {step:,} of {steps:,}: fewsight eval {quote(str(out))} scores it, "
+        f"fewsight train --resume --out {quote(str(out))} continues it\n"
+    )

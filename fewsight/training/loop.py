@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from fewsight.run.files import METRICS, best_score_until, keep_metrics_until, sa
 from fewsight.run.folder import random_states, restore_random_states
 from fewsight.training.distributed import all_sum
 from fewsight.training.evaluate import Accuracy
-from fewsight.training.signals import StopRequests
+from fewsight.training.signals import Interrupted, StopRequests
+
+SPEED_STEPS = 5  # steps timed after the first (a warm-up) for the expected time of the run
 
 
 class Settings(Protocol):
@@ -44,11 +47,13 @@ class Plan:
     fix: str  # the flags to lower when training diverges
     columns: Callable[[int], dict] = lambda step: {}  # more metrics columns of a logged step
     log_at: Callable[[int], bool] = lambda step: False  # steps that log besides every log_every-th
-    validate: Callable[[int], Accuracy | None] = lambda step: None  # run at a logged step, or not
+    validate: Callable[[int, bool], Accuracy | None] = lambda step, out_of_time: None  # at a logged step
     learner: nn.Module | None = None  # given: best.pt keeps its weights when validation scores best
     check_weights: bool = False  # refuse to checkpoint the learner's weights when one is not finite
     postfix: Callable[[dict], dict] = lambda row: {}  # more progress-bar fields from a metrics row
     bar: str = ""  # the progress bar's description, if not `name`
+    budget: float | None = None  # seconds (--time): stop after the step that spends them, validate, save
+    speed: Callable[[float, int], str] = lambda seconds, step: ""  # a line from a step's time after `step`
 
 
 def run(
@@ -109,7 +114,7 @@ def run(
     metrics = files.MetricsLog(out / METRICS) if main else open(os.devnull, "w")  # noqa: SIM115
     board = board_class(str(out / "tensorboard")) if board_class is not None and main else None
     bar = tqdm(total=plan.total, initial=start, desc=plan.bar or plan.name, disable=not (progress and main))
-    interval_start = time.perf_counter()
+    interval_start = began = timed = time.perf_counter()
     try:
         with StopRequests() as stop:
             for step in range(start + 1, plan.total + 1):
@@ -118,7 +123,11 @@ def run(
                 loss_sum += loss
                 accuracy_sum += accuracy
                 bar.update()
-                if step % plan.log_every == 0 or step == plan.total or plan.log_at(step):
+                if step in (start + 1, start + 1 + SPEED_STEPS) and progress and main:
+                    timed = _report_speed(plan, step, step - start - 1, timed, device)
+                out_of_time = _out_of_time(plan.budget, began, device, processes)
+                last = step == plan.total or out_of_time
+                if step % plan.log_every == 0 or last or plan.log_at(step):
                     row = {
                         "step": step,
                         "loss": all_sum(loss_sum).item() / interval_steps / processes,
@@ -132,7 +141,7 @@ def run(
                     interval_steps = 0
                     loss_sum.zero_()
                     accuracy_sum.zero_()
-                    score = plan.validate(step)
+                    score = plan.validate(step, out_of_time)
                     if score is not None:
                         row["val_accuracy"], row["val_ci95"] = score.mean, score.ci95
                         if plan.learner is not None and score.mean > best_score and main:
@@ -143,16 +152,40 @@ def run(
                         loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}", **plan.postfix(row)
                     )
                     interval_start = time.perf_counter()
-                if step % plan.checkpoint_every == 0 or step == plan.total or stop.requested:
+                if step % plan.checkpoint_every == 0 or last or stop.requested:
                     checkpoint(step)
                 if stop.requested:
-                    raise KeyboardInterrupt
+                    raise Interrupted(step if main else None)
+                if out_of_time:
+                    break
     finally:
         bar.close()
         metrics.close()
         if board is not None:
             board.close()
     return out
+
+
+def _out_of_time(budget: float | None, began: float, device: torch.device, processes: int) -> bool:
+    """Whether the time budget is spent; under torchrun, by any process's clock, so that all stop."""
+    if budget is None:
+        return False
+    spent = time.perf_counter() - began >= budget
+    if processes == 1:
+        return spent
+    return bool(all_sum(torch.tensor(float(spent), device=device)).item() > 0)
+
+
+def _report_speed(plan: Plan, step: int, steps: int, since: float, device: torch.device) -> float:
+    """The clock after the run's first step (steps=0), then after the SPEED_STEPS after it, whose mean
+    time `plan.speed` turns into a line on the run's expected time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    now = time.perf_counter()
+    line = plan.speed((now - since) / steps, step) if steps else ""
+    if line:
+        tqdm.write(line, file=sys.stderr)
+    return now
 
 
 def _log(row: dict, metrics: object, board: object | None) -> None:

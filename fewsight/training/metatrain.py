@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +23,17 @@ from fewsight.run.folder import start_or_resume
 from fewsight.run.lock import holds_run_folder
 from fewsight.run.warmstart import load_backbone, run_backbone
 from fewsight.training import loop
-from fewsight.training.device import autocast, default_device
+from fewsight.training.device import autocast, default_device, describe
 from fewsight.training.distributed import average_gradients, is_main, setup, share, world
 from fewsight.training.evaluate import Accuracy, evaluate
 from fewsight.training.graphs import GraphedTrainingStep, plain_learning_rates, set_learning_rate
 from fewsight.training.schedules import meta_learning_rate
+from fewsight.training.timing import format_duration
+
+CPU_RECIPE = (  # the README's CPU command: 15 minutes on two CPU cores, training and eval
+    "fewsight train --dataset omniglot --algorithm protonet --ways 5 --shots 1 --queries 5 "
+    "--meta-batch 8 --trainval --time 11m --out runs/proto-5w1s"
+)
 
 _BOOKKEEPING = ("log_every", "val_every", "val_episodes", "checkpoint_every")  # may change on resume
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)
@@ -82,6 +89,21 @@ def _validation_sampler(
     return EpisodeSampler(data, ways, config.shots, config.queries, device)
 
 
+def expected_time(seconds: float, step: int, steps: int, device: torch.device, budget: float | None) -> str:
+    """The line on a run's expected time from its speed so far, and on a CPU with a long way to go,
+    the hint of the CPU recipe and --time."""
+    left = (steps - step) * seconds
+    line = f"{seconds:.2f} s a step: the {steps - step:,} steps left take about {format_duration(left)}"
+    if budget is not None and budget < left:
+        line += f"; --time {format_duration(budget)} stops it after about {budget / seconds:,.0f} of them"
+    elif device.type == "cpu" and left > 3600:
+        line += (
+            f"; on a CPU, --time 30m stops it in time with a usable model, and the README's CPU command "
+            f"trains ProtoNet in 11 minutes: {CPU_RECIPE}"
+        )
+    return line
+
+
 @holds_run_folder
 def train(
     config: RunConfig,
@@ -92,6 +114,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     tensorboard: bool = False,
+    time_budget: float | None = None,
 ) -> Path:
     """Meta-train into the run folder `out` (or continue it with resume=True); returns the folder.
 
@@ -101,6 +124,9 @@ def train(
     Ctrl-C or SIGTERM finishes the current step and saves a checkpoint first. With tensorboard=True,
     every metrics row is also written as TensorBoard scalars under RUN/tensorboard. A non-finite loss or
     weight stops training with a FewsightError; no checkpoint holding one is ever written.
+    With time_budget (seconds), training stops after the step that spends it, validates (unless
+    trainval) and saves a checkpoint; the schedules still run over config.steps, so `--resume`
+    continues them where the run stopped.
     """
     out = Path(out)
     device = setup(torch.device(device) if device is not None else default_device())
@@ -123,6 +149,8 @@ def train(
         apply_preset(config)  # config.json records the schedules, so a resumed run keeps them
     config.validate()
     autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
+    if main and progress:
+        print(describe(device, "training"), file=sys.stderr, flush=True)
     graphs = config.cuda_graphs and device.type == "cuda" and processes == 1
     initial = run_backbone(Path(config.init), config) if config.init and state is None else None
     board_class = loop.tensorboard_writer_class() if tensorboard else None
@@ -169,8 +197,8 @@ def train(
             return graphed(batch)
         return _eager_step(learner, optimizer, batch, autocast(device, config.bf16))
 
-    def validate(number: int) -> Accuracy | None:
-        if validation is None or number % config.val_every:
+    def validate(number: int, out_of_time: bool) -> Accuracy | None:
+        if validation is None or (number % config.val_every and not out_of_time):
             return None
         return evaluate(learner, validation, config.val_episodes, config.meta_batch, seed=VALIDATION_SEED)
 
@@ -192,6 +220,8 @@ def train(
         learner=learner,
         check_weights=True,
         postfix=lambda row: {"tasks_s": f"{row['tasks_per_s']:.0f}"},
+        budget=time_budget,
+        speed=lambda seconds, number: expected_time(seconds, number, config.steps, device, time_budget),
     )
     return loop.run(
         plan,

@@ -214,7 +214,7 @@ def pretrain(
     def end_of_epoch(number: int) -> bool:
         return number % per_epoch == 0
 
-    def validate(number: int) -> Accuracy | None:
+    def validate(number: int, out_of_time: bool = False) -> Accuracy | None:
         if validation is None or not end_of_epoch(number):
             return None
         return evaluate(learner, validation, config.val_episodes, 25, VALIDATION_SEED)

@@ -34,3 +34,11 @@ class StopRequests:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM after saving `step` (None: this process saved nothing)."""
+
+    def __init__(self, step: int | None) -> None:
+        super().__init__(step)
+        self.step = step

@@ -48,7 +48,20 @@ class Evaluation:
         scored = f" ({self.learner.metric})" if isinstance(self.learner, ProtoNet) else ""
         scored += ", population batch-norm statistics" if self.norm == "population" else ""
         shape = f"{self.ways}-way {self.shots}-shot"
-        return f"{self.config.algorithm}{scored} {shape}, {self.split}: {self.accuracy}"
+        return f"{self.config.algorithm}{scored} {shape}, {self.split}: {self.accuracy}{self.provenance()}"
+
+    def provenance(self) -> str:
+        """Which weights were scored and how far their run had trained: "; the last checkpoint's
+        weights, training unfinished (step 152 of 60,000)"; nothing for a model that records no step."""
+        step = checkpoint_step(self.folder, self.weights)
+        if step is None:
+            return ""
+        which = "best.pt's weights" if self.weights == "best" else "the last checkpoint's weights"
+        if is_pretrain_run(self.folder):
+            return f"; {which}, step {step:,}"
+        if step < self.config.steps:
+            return f"; {which}, training unfinished (step {step:,} of {self.config.steps:,})"
+        return f"; {which}, step {step:,} of {self.config.steps:,}"
 
     def record(self) -> dict:
         """The score with its protocol, as `fewsight eval --json` prints it."""
