@@ -31,7 +31,7 @@ from fewsight.training.schedules import meta_learning_rate
 from fewsight.training.timing import format_duration
 
 CPU_RECIPE = (  # the README's CPU command: 15 minutes on two CPU cores, training and eval
-    "fewsight train --dataset omniglot --algorithm protonet --ways 5 --shots 1 --queries 5 "
+    "OMP_NUM_THREADS=1 fewsight train --dataset omniglot --algorithm protonet --ways 5 --shots 1 --queries 5 "
     "--meta-batch 8 --trainval --time 11m --out runs/proto-5w1s"
 )
 
