@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import fewsight
+from fewsight.nets.batchnorm import uniform_scales
 from fewsight.nets.population import estimate_population_statistics
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,9 +55,7 @@ def build(uniform_scale: bool, imagenet: bool, seed: int) -> fewsight.ProtoNet:
     torch.manual_seed(seed)
     encoder: nn.Module = fewsight.Conv4(ways=None, in_channels=3, hidden=64, image_size=84)
     if uniform_scale:
-        for module in encoder.modules():
-            if isinstance(module, fewsight.TaskBatchNorm):
-                nn.init.uniform_(module.weight)
+        uniform_scales(encoder)  # what `fewsight train --norm-scale-init uniform` does
     if imagenet:
         encoder = Normalised(encoder, IMAGENET_MEAN, IMAGENET_STD)
     return fewsight.ProtoNet(encoder)

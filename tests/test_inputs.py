@@ -269,3 +269,26 @@ def test_random_episode_settings_give_correct_tasks_or_a_clear_error(data, ways,
             classes.append(int(data.labels[drawn[0]]))
         assert len(set(classes)) == ways, "a class appears under two labels"
     assert not math.isnan(batch.support_x.sum())
+
+
+def test_norm_scale_init_draws_the_scales_from_0_to_1_and_is_recorded(tmp_path):
+    from fewsight.nets import TaskBatchNorm
+    from fewsight.run.build import build_backbone
+    from fewsight.run.config import RunConfig
+    from fewsight.use.models import load_model
+    from tests.conftest import train_tiny
+
+    def scales(config: RunConfig) -> torch.Tensor:
+        backbone = build_backbone(config, 5)
+        return torch.cat([m.weight.detach() for m in backbone.modules() if isinstance(m, TaskBatchNorm)])
+
+    torch.manual_seed(0)
+    drawn = scales(RunConfig(norm_scale_init="uniform"))
+    assert len(drawn) == 4 * 64 and ((drawn > 0) & (drawn < 1)).all() and drawn.std() > 0.2
+    assert torch.equal(scales(RunConfig()), torch.ones(4 * 64))
+    train_tiny(tmp_path / "run", "--norm-scale-init", "uniform")
+    config, _ = load_model(str(tmp_path / "run"))
+    assert config.norm_scale_init == "uniform"
+    status, _, err = run_cli(["train", "--norm-scale-init", "zeros", "--out", str(tmp_path / "bad")])
+    assert_clear_error(status, err)
+    assert "unknown --norm-scale-init 'zeros'; use one of ones, uniform" in err

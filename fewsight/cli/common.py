@@ -53,6 +53,8 @@ HELP = {
     "backbone": "conv4 (the papers' four blocks) or resnet12 (64-160-320-640, as MetaOptNet and RFS)",
     "width": "multiply the backbone's channel counts by this (1: the papers' widths)",
     "drop_rate": "resnet12: DropBlock rate in its last two blocks while training (MetaOptNet, RFS: 0.1)",
+    "norm_scale_init": "how the batch-norm scales start: ones, or uniform (drawn from U(0, 1), as in the "
+    "PyTorch of the papers' time and the ProtoNet reference code; docs/RESULTS.md measures it)",
     "init": "start the backbone from this run's (e.g. a fewsight pretrain run's); the head is not copied",
 }
 AUGMENT_HELP = "augment training images on the device: random resized crop, flip, colour jitter"

@@ -10,6 +10,7 @@ from fewsight.data import LabelledImages, load_omniglot
 from fewsight.data.folder import labelled_files, load_image_files, split_classes
 from fewsight.data.miniimagenet import load_miniimagenet
 from fewsight.nets import Conv4, ResNet12
+from fewsight.nets.batchnorm import uniform_scales
 from fewsight.run.algorithms import REGISTRY
 from fewsight.run.config import CHANNELS, DATASETS, MODEL_BASED, RunConfig
 
@@ -45,9 +46,13 @@ def load_split(
 def build_backbone(config: RunConfig, ways: int | None) -> Conv4 | ResNet12:
     """The run's backbone, with a linear head over `ways` classes (None: features only)."""
     if config.backbone == "resnet12":
-        return ResNet12(ways, channels(config), config.width, config.drop_rate)
-    hidden = _conv4_channels(config)
-    return Conv4(ways, in_channels=channels(config), hidden=hidden, image_size=config.image_size)
+        backbone: Conv4 | ResNet12 = ResNet12(ways, channels(config), config.width, config.drop_rate)
+    else:
+        hidden = _conv4_channels(config)
+        backbone = Conv4(ways, in_channels=channels(config), hidden=hidden, image_size=config.image_size)
+    if config.norm_scale_init == "uniform":
+        uniform_scales(backbone)
+    return backbone
 
 
 def _conv4_channels(config: RunConfig) -> int:

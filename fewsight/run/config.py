@@ -30,6 +30,7 @@ DATASETS = ("omniglot", "miniimagenet")
 CHANNELS = {"omniglot": 1, "miniimagenet": 3}  # a user's own data set: 3 (RGB)
 BACKBONES = ("conv4", "resnet12")
 DEFAULT_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84}  # a user's own data set: 84
+NORM_SCALE_INITS = ("ones", "uniform")  # see fewsight.nets.batchnorm.uniform_scales
 
 
 @dataclass
@@ -75,6 +76,7 @@ class RunConfig:
     backbone: str = "conv4"
     width: float = 1.0
     drop_rate: float = 0.0
+    norm_scale_init: str = "ones"  # batch-norm scales start at 1, or drawn from U(0, 1) ("uniform")
     augment: bool = False
     init: str = ""  # the run whose backbone weights started this one
 
@@ -156,6 +158,11 @@ class RunConfig:
             )
         check_seed(self.seed)
         check_backbone(self.backbone, self.width, self.drop_rate)
+        if self.norm_scale_init not in NORM_SCALE_INITS:
+            raise FewsightError(
+                f"unknown --norm-scale-init {self.norm_scale_init!r}; "
+                f"use one of {', '.join(NORM_SCALE_INITS)}"
+            )
 
     def save(self, folder: Path) -> None:
         """Write config.json into the run folder, atomically."""
