@@ -149,3 +149,40 @@ def test_a_few_steps_lower_the_loss(omniglot_train, name):
     torch.manual_seed(0)
     sampler = fewsight.EpisodeSampler(omniglot_train, ways=5, shots=1, queries=5)
     assert_meta_training_lowers_the_loss(make(name), sampler)
+
+
+def test_joint_statistics_embed_support_and_queries_as_one_batch(batch64):
+    """Snell et al.'s batching: an episode's support and query images share batch-norm statistics."""
+    torch.manual_seed(0)
+    joint = fewsight.ProtoNet(Conv4(None), joint_statistics=True).double().train()
+    separate = fewsight.ProtoNet(joint.encoder).double().train()
+    logits = joint.query_logits(batch64)
+    for task in range(3):
+        support_x, support_y, query_x = (
+            batch64.support_x[task],
+            batch64.support_y[task],
+            batch64.query_x[task],
+        )
+        features = joint.encoder(torch.cat([support_x, query_x]))
+        prototypes = fewsight.algorithms.predictor.class_means(features[: len(support_x)], support_y, 5)
+        expected = -(features[len(support_x) :].unsqueeze(1) - prototypes).pow(2).sum(-1)
+        torch.testing.assert_close(logits[task], expected)
+    assert not torch.allclose(logits, separate.query_logits(batch64)), "the joint batch changed nothing"
+    joint.meta_loss(batch64).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in joint.encoder.parameters())
+
+
+def test_joint_statistics_are_a_recorded_protonet_setting(tmp_path):
+    from fewsight.cli import main
+    from fewsight.run.config import RunConfig
+    from tests.test_inputs import assert_clear_error, run_cli
+
+    flags = ["--algorithm", "protonet", "--steps", "2", "--meta-batch", "1", "--queries", "1", "--quiet"]
+    assert (
+        main(["train", *flags, "--joint-statistics", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    )
+    assert RunConfig.load(tmp_path / "run").joint_statistics
+    for wrong in (["--algorithm", "maml"], ["--algorithm", "protonet", "--non-transductive"]):
+        status, _, err = run_cli(["train", *wrong, "--joint-statistics", "--out", str(tmp_path / "bad")])
+        assert_clear_error(status, err)
+        assert "--joint-statistics applies to --algorithm protonet, transductive" in err

@@ -5,6 +5,10 @@ its simplest form: class weights 2·m_c and biases -|m_c|² from the class means
 With metric="cosine", the logits are instead a learned temperature times the cosine similarity of
 query and prototype: Meta-Baseline's classifier (Chen et al. 2021), whose meta-training fine-tunes a
 pre-trained backbone (`fewsight pretrain`, then `fewsight train --metric cosine --init RUN`).
+
+With joint_statistics=True (transductive only), an episode's support and query images are embedded as
+one batch, so batch norm normalises them with their joint statistics, as Snell et al.'s code does;
+by default each set is normalised with its own.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewsight.algorithms.predictor import Head, ParameterPredictor, class_means
+from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
 
 METRICS = ("euclidean", "cosine")
@@ -25,13 +30,24 @@ class ProtoNet(ParameterPredictor):
 
     metric: "euclidean" (negative squared distances) or "cosine" (temperature · cosine similarity,
     the temperature a parameter of the learner, starting at 10).
+    joint_statistics: embed each episode's support and query images as one batch (transductive only).
     """
 
-    def __init__(self, encoder: nn.Module, transductive: bool = True, metric: str = "euclidean") -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        transductive: bool = True,
+        metric: str = "euclidean",
+        joint_statistics: bool = False,
+    ) -> None:
         super().__init__(encoder, transductive)
         if metric not in METRICS:
             raise FewsightError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
-        self.metric = metric
+        if joint_statistics and not transductive:
+            raise FewsightError(
+                "joint statistics are transductive: drop --non-transductive or --joint-statistics"
+            )
+        self.metric, self.joint_statistics = metric, joint_statistics
         if metric == "cosine":  # only then, so Euclidean checkpoints, older ones included, fit as before
             self.temperature = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
 
@@ -39,11 +55,26 @@ class ProtoNet(ParameterPredictor):
         return {"prototypes": class_means(self.embed(support_x), support_y, ways)}
 
     def task_logits(self, head: Head, x: torch.Tensor, support_x: torch.Tensor) -> torch.Tensor:
-        features = self.embed(x, support_x)
+        return self.compare(self.embed(x, support_x), head["prototypes"])
+
+    def compare(self, features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N) of features (B, D) against the prototypes (N, D) under the metric."""
         if self.metric == "cosine":
-            cosines = F.normalize(features, dim=-1) @ F.normalize(head["prototypes"], dim=-1).T
-            return self.temperature * cosines
-        return -(features.unsqueeze(1) - head["prototypes"]).pow(2).sum(-1)
+            return self.temperature * (F.normalize(features, dim=-1) @ F.normalize(prototypes, dim=-1).T)
+        return -(features.unsqueeze(1) - prototypes).pow(2).sum(-1)
+
+    def heads_and_logits(self, batch: TaskBatch) -> tuple[Head, torch.Tensor]:
+        if not self.joint_statistics:
+            return super().heads_and_logits(batch)
+        ways = batch.ways
+
+        def one_task(support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor) -> tuple:
+            features = self.embed(torch.cat([support_x, query_x]))
+            support, queries = features.split([len(support_x), len(query_x)])
+            prototypes = class_means(support, support_y, ways)
+            return {"prototypes": prototypes}, self.compare(queries, prototypes)
+
+        return torch.vmap(one_task, randomness="different")(batch.support_x, batch.support_y, batch.query_x)
 
     def with_metric(self, metric: str) -> ProtoNet:
         """This learner's encoder under another metric, to score one backbone both ways; a new
@@ -51,5 +82,6 @@ class ProtoNet(ParameterPredictor):
         if metric == self.metric:
             return self
         weight = next(self.encoder.parameters())
-        other = ProtoNet(self.encoder, self.transductive, metric).to(weight.device, weight.dtype)
+        other = ProtoNet(self.encoder, self.transductive, metric, self.joint_statistics)
+        other = other.to(weight.device, weight.dtype)
         return other.train(self.training)

@@ -38,6 +38,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="normalise queries with the support set's batch statistics, not their own",
     )
     parser.add_argument(
+        "--joint-statistics",
+        action="store_true",
+        help="protonet: normalise each episode's support and query images together, as one batch "
+        "(Snell et al.'s code), not each set with its own statistics",
+    )
+    parser.add_argument(
         "--trainval",
         action="store_true",
         help="train on train+val classes (the papers' protocol) and skip validation",

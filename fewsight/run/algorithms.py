@@ -112,7 +112,9 @@ REGISTRY: dict[str, Algorithm] = {
         inner_steps=5,  # as in the MAML++ paper
         bench=False,
     ),
-    "protonet": Algorithm(MODEL, lambda c, b: ProtoNet(b, c.transductive, c.metric), (METRIC,)),
+    "protonet": Algorithm(
+        MODEL, lambda c, b: ProtoNet(b, c.transductive, c.metric, c.joint_statistics), (METRIC,)
+    ),
     "weightpred": Algorithm(
         MODEL,
         lambda c, b: WeightPrediction(b, b.feature_size, c.base_classes, c.base_mix, c.transductive),

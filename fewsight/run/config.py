@@ -54,6 +54,7 @@ class RunConfig:
     base_classes: int = 0
     metric: str = "euclidean"  # protonet: how queries are compared with the class prototypes
     transductive: bool = True
+    joint_statistics: bool = False  # protonet: an episode's support and query images as one batch
     trainval: bool = False
     seed: int = 0
     val_every: int = 1000
@@ -155,6 +156,11 @@ class RunConfig:
             raise FewsightError(
                 f"--task-chunk, --checkpoint-inner and --task-loop apply to "
                 f"{in_words(taking(memory[0]), 'and')} only"
+            )
+        if self.joint_statistics and (self.algorithm != "protonet" or not self.transductive):
+            raise FewsightError(
+                "--joint-statistics applies to --algorithm protonet, transductive: "
+                "drop it or --non-transductive"
             )
         check_seed(self.seed)
         check_backbone(self.backbone, self.width, self.drop_rate)
