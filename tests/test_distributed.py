@@ -1,9 +1,11 @@
-"""Data-parallel meta-training: 2 CPU processes with gloo compute what one process computes."""
+"""Data-parallel meta-training: 2 processes with gloo compute what one process computes (on the CPU;
+with CUDA graphs, on a GPU, where 2 processes may share one card)."""
 
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -11,8 +13,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import fewsight
+from fewsight.run.algorithms import mamlpp_preset
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
+from fewsight.training import graphs, metatrain
 from fewsight.training.distributed import average_gradients, share
+from fewsight.training.graphs import GraphedTrainingStep, set_learning_rate
+from fewsight.training.schedules import cosine_lr
 from tests.conftest import SHARED_DATA
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 
 def _gradient_in_process(rank: int, port: int, out: str) -> None:
@@ -92,6 +102,116 @@ def test_torchrun_training_and_evaluation_equal_one_process(omniglot_train, tmp_
     longer = ["train", "--steps", "4", "--resume", "--quiet", "--device", "cpu", "--out"]
     _fewsight([*longer, "two"], 1, tmp_path)
     _fewsight([*longer, "one"], 2, tmp_path)
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["learner"]
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["learner"]
+    assert_same_weights(one, two)
+
+
+def _join(rank: int, port: int, where: str) -> torch.device:
+    """Join a gloo group of 2 as `rank`; this process's device: the CPU, or with where="cuda" a GPU
+    of its own where there are two, else cuda:0 for both."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), FEWSIGHT_DATA=str(SHARED_DATA))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    if where == "cpu":
+        return torch.device("cpu")
+    device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+class _Rerun:
+    """Stands in for a CUDA graph on the CPU: `replay` runs the step again and copies its results into
+    the outputs of the recording, as a replay overwrites them."""
+
+    def __init__(self, step: Callable[[], object], outputs: object) -> None:
+        self.step, self.outputs = step, outputs
+
+    def replay(self) -> None:
+        fresh = self.step()
+        for output, value in zip(self.outputs or (), fresh or (), strict=True):
+            output.copy_(value)
+
+
+def _capture_eagerly(step: Callable[[], object], warmup: int = 3) -> tuple[_Rerun, object]:
+    """`graphs.capture` without CUDA: the warm-up runs and the recording run the step for real."""
+    for _ in range(warmup):
+        step()
+    outputs = step()
+    return _Rerun(step, outputs), outputs
+
+
+def _train_mamlpp(device: torch.device, graphed: bool) -> dict[str, torch.Tensor]:
+    """3 steps of MAML++ in float64 on this process's share of meta-batches of 4 tasks, through a
+    GraphedTrainingStep or eagerly; the weights. Its schedules change the loss weights and the
+    learning rate at every step and switch to second order at step 3, which records the step again."""
+    config = RunConfig(algorithm="mamlpp", inner_steps=2, steps=3, multi_step_loss=2, first_order_steps=2)
+    mamlpp_preset(config)
+    torch.manual_seed(0)
+    learner = build_learner(config).to(device, torch.float64)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3, capturable=device.type == "cuda")
+    sampler = fewsight.EpisodeSampler(fewsight.load_omniglot("train"), 5, 1, 2, device, torch.float64)
+    generator = sampler.generator(0)
+    step = None
+    for number in range(1, config.steps + 1):
+        batch = sampler.sample(4, generator, share(4))
+        learner.schedule(number)
+        set_learning_rate(optimizer, cosine_lr(1e-3, number, config.steps))
+        if graphed:
+            step = step or GraphedTrainingStep(learner, optimizer, batch)
+            step(batch)
+        else:
+            optimizer.zero_grad()
+            learner.meta_loss(batch).loss.backward()
+            optimizer.step()
+    return learner.state_dict()
+
+
+def _graphed_training_in_process(rank: int, port: int, where: str, out: str) -> None:
+    device = _join(rank, port, where)
+    if device.type == "cpu":
+        graphs.capture = _capture_eagerly  # this spawned process's own module
+    weights = _train_mamlpp(device, graphed=True)
+    if rank == 0:
+        torch.save(weights, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("where", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_graphed_steps_of_two_processes_equal_one_eager_process(omniglot_train, tmp_path, where):
+    """Each process records its own step, and the meta-gradients are averaged between the replay of
+    its gradient and that of the optimiser step. On the CPU the graphs are stood in for by reruns of
+    the recorded step, which checks the order of the work and that recording leaves the weights as
+    they were; on a GPU (2 processes may share one) they are CUDA graphs."""
+    port = 30500 + os.getpid() % 1000  # a range of its own: the tests' groups never share a port
+    mp.spawn(_graphed_training_in_process, args=(port, where, str(tmp_path / "weights.pt")), nprocs=2)
+    two = torch.load(tmp_path / "weights.pt", weights_only=True)
+    one = _train_mamlpp(torch.device(where), graphed=False)
+    for name, value in one.items():
+        if not name.endswith("conv.bias"):  # exact gradient 0 before batch norm: Adam steps on noise
+            torch.testing.assert_close(two[name].to(value.device), value, rtol=1e-9, atol=1e-9)
+
+
+def _eager_step_refused(*args: object) -> None:
+    raise AssertionError("the eager step ran: the CUDA graph was not recorded")
+
+
+def _train_in_process(rank: int, port: int, settings: dict, out: str) -> None:
+    device = _join(rank, port, "cuda")
+    torch.backends.cudnn.allow_tf32 = False  # float32 convolutions: the two runs agree to rounding
+    metatrain._eager_step = _eager_step_refused
+    metatrain.train(RunConfig(**settings), out, device=device, progress=False)
+    dist.destroy_process_group()
+
+
+@cuda
+def test_torchrun_training_with_cuda_graphs_equals_one_process(omniglot_train, tmp_path, monkeypatch):
+    """`train` under a process group of 2 (gloo, one GPU may hold both) takes the graphed step, and
+    its weights equal those of one process with the same meta-batch and seed."""
+    settings = {"algorithm": "maml", "meta_batch": 4, "queries": 2, "steps": 3, "trainval": True}
+    port = 31500 + os.getpid() % 1000
+    mp.spawn(_train_in_process, args=(port, settings, str(tmp_path / "two")), nprocs=2)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    metatrain.train(RunConfig(**settings), tmp_path / "one", device="cuda", progress=False)
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["learner"]
     two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["learner"]
     assert_same_weights(one, two)

@@ -55,7 +55,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="record the meta-training step once as a CUDA graph and replay it, 2-3x faster; applies on "
-        "a GPU in one process (default: on; --no-cuda-graphs runs the step eagerly)",
+        "a GPU, also under torchrun, where each process records its own step and the meta-gradients "
+        "are averaged between replays (default: on; --no-cuda-graphs runs the step eagerly)",
     )
     parser.add_argument(
         "--learned-inner-lr",

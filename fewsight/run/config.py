@@ -62,7 +62,7 @@ class RunConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     bf16: bool = False
-    cuda_graphs: bool = True  # record and replay the step where possible: on a GPU, in one process
+    cuda_graphs: bool = True  # record and replay the step where possible: on a GPU (under torchrun too)
     class_split: dict[str, list[str]] | None = None  # a user's own data set: classes of each split
     # MAML++ switches (--algorithm mamlpp turns them all on) and memory levers, for the MAML family.
     multi_step_loss: int = 0  # anneal the multi-step loss over this many meta-steps; 0: off

@@ -12,6 +12,7 @@ import torch
 
 from fewsight.algorithms import MetaLearner
 from fewsight.data.episodes import TaskBatch
+from fewsight.training.distributed import average_gradients, world
 
 T = TypeVar("T")
 
@@ -57,6 +58,11 @@ class GraphedTrainingStep:
     `step_variant()` changes, the step is recorded again. The warm-up runs that capturing needs would
     move the weights, so the learner's and optimiser's tensors are put back before recording: training
     goes on exactly as without the graph.
+
+    Under torchrun every process records its own share of the meta-batch. Collectives are not
+    recorded, so there the step is two graphs: the first ends with the process's meta-gradient in
+    the parameters' `.grad` tensors, which the all-reduce then averages in place, and the second is
+    the optimiser step; the result is the eager data-parallel step's. In one process it is one graph.
     """
 
     def __init__(
@@ -74,27 +80,40 @@ class GraphedTrainingStep:
         self._record()
 
     def _record(self) -> None:
-        self.graph = self.outputs = None  # the previous recording's memory goes back first
+        self.graph = self.outputs = self.update = None  # the previous recording's memory goes back first
         self.variant = self.learner.step_variant()
         saved = _snapshot(self.learner, self.optimizer)
         try:
-            self.graph, self.outputs = capture(self._step)
+            if world()[1] == 1:
+                self.graph, self.outputs = capture(self._step)
+            else:
+                self.graph, self.outputs = capture(self._gradients)
+                self.update, _ = capture(self.optimizer.step)
         finally:
             _restore(saved)
 
-    def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The meta-gradient of this process's tasks into the `.grad` tensors: (loss, accuracy)."""
         self.optimizer.zero_grad(set_to_none=False)  # in the graph: gradients keep their addresses
         with self.autocast():
             result = self.learner.meta_loss(self.batch)
         result.loss.backward()
-        self.optimizer.step()
         return result.loss.detach(), result.accuracy.detach()
+
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole step in one process: the meta-gradient, then the optimiser step."""
+        outputs = self._gradients()
+        self.optimizer.step()
+        return outputs
 
     def __call__(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         load(self.batch, batch)
         if self.learner.step_variant() != self.variant:
             self._record()
         self.graph.replay()
+        if self.update is not None:  # under torchrun: average between the two replays
+            average_gradients(self.learner.parameters())
+            self.update.replay()
         return self.outputs
 
 

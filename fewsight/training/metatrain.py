@@ -151,7 +151,7 @@ def train(
     autocast(device, config.bf16)  # refuses --bf16 on a GPU without bf16 before any data is loaded
     if main and progress:
         print(describe(device, "training"), file=sys.stderr, flush=True)
-    graphs = config.cuda_graphs and device.type == "cuda" and processes == 1
+    graphs = config.cuda_graphs and device.type == "cuda"  # under torchrun too: one recording a process
     initial = run_backbone(Path(config.init), config) if config.init and state is None else None
     board_class = loop.tensorboard_writer_class() if tensorboard else None
     part = share(config.meta_batch)
