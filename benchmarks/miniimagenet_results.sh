@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One of the miniImageNet runs behind docs/RESULTS.md: train recipe NAME into RUNS/NAME on the GPU
 # CUDA_VISIBLE_DEVICES picks, stopped (with a checkpoint) after $SECONDS_PER_CALL seconds or at the
-# end of its schedule, then evaluate it on $EPISODES fixed test episodes (5-way, 15 queries per class):
+# end of its schedule, then evaluate it on $EPISODES fixed test episodes (5-way, $EVAL_QUERIES or 15 queries per class):
 # 1-shot and 5-shot for the model-based runs, their own shot count for the MAML family. A run that
 # already exists is resumed (from its checkpoint, or from step 0 if it stopped before its first).
 # Several recipes run side by side on one GPU as separate calls.
@@ -9,11 +9,14 @@
 # EXTRA_FLAGS are added to a new run's training command (e.g. "--cosine-lr --steps 8000"; later flags win);
 # a resumed run keeps its settings and length (60,000 steps unless EXTRA_FLAGS said otherwise).
 # Usage: benchmarks/miniimagenet_results.sh RUNS NAME, NAME one of ALGORITHM-1shot or ALGORITHM-5shot
-# (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet protonet-bn weightpred hypernet leo),
-# resnet12-pretrain or metabaseline
+# (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet protonet-bn protonet-ref mamlpp-ref weightpred
+# hypernet leo), resnet12-pretrain, metabaseline or metabaseline-5shot (PRETRAIN_WIDTH: the ResNet-12's width, 1).
+# The *-ref recipes and metabaseline-5shot take the settings of the papers' reference code (docs/RESULTS.md,
+# "Ablations"). PYTHON: the interpreter that has fewsight (default python3).
 set -u
 runs=${1:?RUNS}; name=${2:?NAME}
-limit=${SECONDS_PER_CALL:-600}; episodes=${EPISODES:-1000}; batch=${EVAL_BATCH:-10}
+python=${PYTHON:-python3}
+limit=${SECONDS_PER_CALL:-600}; episodes=${EPISODES:-1000}; batch=${EVAL_BATCH:-10}; queries=${EVAL_QUERIES:-15}
 weights=${WEIGHTS:-last}; suffix=""; [ "$weights" = best ] && suffix=-best
 common=(--dataset miniimagenet --queries 15 --log-every 100 --val-every 1000
         --val-episodes 200 --checkpoint-every 500 --quiet)
@@ -28,14 +31,26 @@ case $name in
   # Weight prediction and the hypernetwork train the same way (their heads start as ProtoNet's).
   protonet-[15]shot|weightpred-[15]shot|hypernet-[15]shot)
     flags=(train --algorithm "${name%-*}" --non-transductive "${episodic[@]}") ;;
-  # The paper's own protocol: trained on the statistics of each episode's support and query images
-  # together (transductive), its learning rate halved every 2,000 episodes, scored with fixed
-  # statistics (below), as its network in eval mode.
+  # Close to the paper's protocol: trained transductively (support and query images each normalised
+  # with their own statistics; protonet-ref normalises them together, as the paper's code), its
+  # learning rate halved every 2,000 episodes, scored with fixed statistics (below), as its network in
+  # eval mode.
   protonet-bn-[15]shot)
     flags=(train --algorithm protonet "${episodic[@]}" --lr-halve-every 2000) ;;
+  # The same as Snell et al.'s code runs it: batch-norm scales drawn from U(0, 1), an episode's support
+  # and query images normalised as one batch, 20,000 episodes.
+  protonet-ref-[15]shot)
+    flags=(train --algorithm protonet "${episodic[@]}" --lr-halve-every 2000 --norm-scale-init uniform
+           --joint-statistics --steps 20000) ;;
   # The MAML family with MAML's settings (MAML++ is --algorithm mamlpp with all its switches).
   maml-[15]shot|fomaml-[15]shot|metasgd-[15]shot|anil-[15]shot|mamlpp-[15]shot)
     flags=(train --algorithm "${name%-*}" "${maml[@]}" --shots "$shots") ;;
+  # MAML++ as its reference code runs it: 48 channels, 2 tasks a meta-batch, learned inner rates
+  # starting at 0.1, second order from the first step, 50,000 steps, tested with its 5 steps (the
+  # per-step rates and batch-norm weights exist for 5).
+  mamlpp-ref-[15]shot)
+    flags=(train --algorithm mamlpp "${maml[@]}" --shots "$shots" --width 1.5 --meta-batch 2 --inner-lr 0.1
+           --eval-inner-steps 5 --first-order-steps 1 --steps 50000) ;;
   # LEO (Rusu et al. 2019) on a Conv4 learned jointly (the paper uses fixed WRN-28-10 features):
   # 5 latent steps of 1.0 (meta-learned), 4 tasks a meta-batch.
   leo-[15]shot) flags=(train --algorithm leo --ways 5 --shots "$shots" --meta-batch 4 --inner-steps 5 --inner-lr 1.0) ;;
@@ -48,34 +63,43 @@ case $name in
   # ResNet-12 pre-trained on the 64 training classes (the recipe behind RFS and Meta-Baseline),
   # scored as a cosine nearest-centroid classifier (Classifier-Baseline); $PRETRAIN_EPOCHS epochs.
   resnet12-pretrain) flags=(pretrain --dataset miniimagenet --backbone resnet12 --epochs "${PRETRAIN_EPOCHS:-30}"
+                            --width "${PRETRAIN_WIDTH:-1}"
                             --batch-size 128 --augment --bf16 --metric cosine --quiet) ;;
   # Meta-Baseline's second stage: the pre-trained backbone meta-trained as a cosine ProtoNet on 5-way
   # 1-shot tasks, 4 a meta-batch, for $META_STEPS steps (Adam, cosine-annealed from 1e-4).
   metabaseline) flags=(train --algorithm protonet --metric cosine --backbone resnet12 --init "$runs/resnet12-pretrain"
+                       --width "${PRETRAIN_WIDTH:-1}"
                        --ways 5 --shots 1 --meta-batch 4 --meta-lr 1e-4 --cosine-lr --bf16) ;;
+  # Meta-Baseline's stage as its reference code runs it for 5 shots: trained on 5-shot tasks with SGD
+  # (1e-3, momentum 0.9, weight decay 5e-4, constant) for 4,000 steps; scored from its best-validated weights.
+  metabaseline-5shot) flags=(train --algorithm protonet --metric cosine --backbone resnet12 --init "$runs/resnet12-pretrain"
+                       --width "${PRETRAIN_WIDTH:-1}"
+                             --ways 5 --shots 5 --meta-batch 4 --meta-optimizer sgd --meta-lr 1e-3
+                             --weight-decay 5e-4 --bf16 --steps 4000) ;;
   *) echo "unknown recipe $name" >&2; exit 2 ;;
 esac
 [ "${flags[0]}" = train ] && flags+=("${common[@]}")
-[ "$name" = metabaseline ] && flags+=(--val-every 500)
+[[ $name = metabaseline* ]] && flags+=(--val-every 500)
 # A new run's length and EXTRA_FLAGS; a resumed run keeps its own (so its cosine schedule is unchanged).
 length=(--steps 60000); [ "$name" = metabaseline ] && length=(--steps "${META_STEPS:-2000}")
+[[ $name = *-ref-* || $name = metabaseline-5shot ]] && length=()  # their recipe sets the length
 resume=(); [ -f "$runs/$name/config.json" ] && resume=(--resume)
 # shellcheck disable=SC2206  # EXTRA_FLAGS is a list of words
 [ -z "${resume[*]}" ] && [ "${flags[0]}" = train ] && flags+=("${length[@]}" ${EXTRA_FLAGS:-})
 mkdir -p "$runs"
 start=$SECONDS
-timeout -s INT "$limit" python3 -m fewsight "${flags[@]}" --out "$runs/$name" "${resume[@]}" >>"$runs/$name.log" 2>&1
+timeout -s INT "$limit" "$python" -m fewsight "${flags[@]}" --out "$runs/$name" "${resume[@]}" >>"$runs/$name.log" 2>&1
 echo "trained for $((SECONDS - start)) s" >>"$runs/$name.log"
 evaluate() {  # shots [norm]: the model-based runs are also scored with fixed (population)
   local start=$SECONDS norm=${2:-task} tag=""  # batch-norm statistics, RUNS/NAME.eval-Kshot-population.json
   [ "$norm" = population ] && tag=-population
-  python3 -m fewsight eval "$runs/$name" --ways 5 --shots "$1" --queries 15 --episodes "$episodes" \
+  "$python" -m fewsight eval "$runs/$name" --ways 5 --shots "$1" --queries "$queries" --episodes "$episodes" \
     --batch "$batch" --weights "$weights" --norm "$norm" --json --quiet \
     >"$runs/$name.eval-${1}shot$tag$suffix.json" 2>>"$runs/$name.log"
   echo "evaluated ${1}-shot ($norm statistics) in $((SECONDS - start)) s" >>"$runs/$name.log"
 }
 case $name in
-  protonet-*|weightpred-*|hypernet-*|resnet12-*|metabaseline)
+  protonet-*|weightpred-*|hypernet-*|resnet12-*|metabaseline|metabaseline-5shot)
     evaluate 1; evaluate 5; evaluate 1 population; evaluate 5 population ;;
   *-1shot) evaluate 1 ;;
   *-5shot) evaluate 5 ;;

@@ -143,14 +143,32 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(omniglot_
     assert [row["step"] for row in metrics(run)] == [1, 2]  # the lost step's row is not kept twice
 
 
-def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path):
+SGD = ["--meta-optimizer", "sgd", "--meta-lr", "0.01", "--weight-decay", "5e-4"]  # Meta-Baseline's stage
+
+
+@pytest.mark.parametrize("optimizer", [[], SGD], ids=["adam", "sgd"])
+def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path, optimizer):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    main(["train", "--steps", "4", *TINY, "--out", str(whole)])
-    main(["train", "--steps", "2", *TINY, "--out", str(parts)])
+    main(["train", "--steps", "4", *TINY, *optimizer, "--out", str(whole)])
+    main(["train", "--steps", "2", *TINY, *optimizer, "--out", str(parts)])
     main(["train", "--steps", "4", *TINY, "--out", str(parts), "--resume"])
-    a = torch.load(whole / "checkpoint.pt", weights_only=True)["learner"]
-    b = torch.load(parts / "checkpoint.pt", weights_only=True)["learner"]
-    assert all(torch.equal(a[name], b[name]) for name in a)
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(parts / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["learner"][name], b["learner"][name]) for name in a["learner"])
+    moments = {key for state in a["optimizer"]["state"].values() for key in state}
+    assert moments == ({"momentum_buffer"} if optimizer else {"step", "exp_avg", "exp_avg_sq"})
+
+
+def test_meta_optimizer_and_weight_decay_refuse_bad_values(tmp_path):
+    from tests.test_inputs import assert_clear_error, run_cli
+
+    for flags, message in (
+        (["--meta-optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+        (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    ):
+        status, _, err = run_cli(["train", *flags, "--out", str(tmp_path / "bad")])
+        assert_clear_error(status, err)
+        assert message in err
 
 
 def test_task_loop_trains_task_by_task(omniglot_train, tmp_path):

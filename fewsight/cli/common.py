@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from fewsight.errors import FewsightError
 from fewsight.run.algorithms import REGISTRY
-from fewsight.run.config import ALGORITHMS, BACKBONES, METRICS, RunConfig
+from fewsight.run.config import ALGORITHMS, BACKBONES, META_OPTIMIZERS, METRICS, RunConfig
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,10 @@ HELP = {
     f"(default: {DEFAULTS.inner_steps}; {_OWN_STEPS})",
     "eval_inner_steps": "inner gradient steps at validation and test time "
     f"(default: {DEFAULTS.eval_inner_steps}; {_OWN_STEPS})",
-    "meta_lr": "Adam's learning rate for the meta-update",
+    "meta_lr": "learning rate of the meta-update",
+    "meta_optimizer": "optimiser of the meta-update: adam, or sgd with momentum 0.9 (Meta-Baseline's stage: "
+    "--meta-optimizer sgd --meta-lr 1e-3 --weight-decay 5e-4)",
+    "weight_decay": "L2 weight decay of the meta-update",
     "base_mix": "weightpred: probability of using a class's stored base weights while meta-training",
     "metric": "protonet: compare queries with the class prototypes by squared euclidean distance, or by "
     "cosine similarity times a learned temperature starting at 10 (Meta-Baseline)",
@@ -58,7 +61,13 @@ HELP = {
     "init": "start the backbone from this run's (e.g. a fewsight pretrain run's); the head is not copied",
 }
 AUGMENT_HELP = "augment training images on the device: random resized crop, flip, colour jitter"
-_CHOICES = {"algorithm": ALGORITHMS, "protocol": ("maml", "lake"), "backbone": BACKBONES, "metric": METRICS}
+_CHOICES = {
+    "algorithm": ALGORITHMS,
+    "protocol": ("maml", "lake"),
+    "backbone": BACKBONES,
+    "metric": METRICS,
+    "meta_optimizer": META_OPTIMIZERS,
+}
 
 
 def config_flags(

@@ -31,6 +31,7 @@ CHANNELS = {"omniglot": 1, "miniimagenet": 3}  # a user's own data set: 3 (RGB)
 BACKBONES = ("conv4", "resnet12")
 DEFAULT_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84}  # a user's own data set: 84
 NORM_SCALE_INITS = ("ones", "uniform")  # see fewsight.nets.batchnorm.uniform_scales
+META_OPTIMIZERS = ("adam", "sgd")  # see fewsight.training.metatrain.meta_optimizer
 
 
 @dataclass
@@ -50,6 +51,8 @@ class RunConfig:
     inner_steps: int = 1
     eval_inner_steps: int = 3
     meta_lr: float = 1e-3
+    meta_optimizer: str = "adam"  # or "sgd" (momentum 0.9), as Meta-Baseline's stage
+    weight_decay: float = 0.0  # of the meta-update
     base_mix: float = 0.0
     base_classes: int = 0
     metric: str = "euclidean"  # protonet: how queries are compared with the class prototypes
@@ -157,6 +160,12 @@ class RunConfig:
                 f"--task-chunk, --checkpoint-inner and --task-loop apply to "
                 f"{in_words(taking(memory[0]), 'and')} only"
             )
+        if self.meta_optimizer not in META_OPTIMIZERS:
+            raise FewsightError(
+                f"unknown --meta-optimizer {self.meta_optimizer!r}; use one of {', '.join(META_OPTIMIZERS)}"
+            )
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise FewsightError("--weight-decay must be 0 or more")
         if self.joint_statistics and (self.algorithm != "protonet" or not self.transductive):
             raise FewsightError(
                 "--joint-statistics applies to --algorithm protonet, transductive: "

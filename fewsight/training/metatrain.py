@@ -1,4 +1,4 @@
-"""Meta-training: Adam on the meta-loss of sampled meta-batches, validated on fixed episodes; the
+"""Meta-training: Adam (or SGD) on the meta-loss of sampled meta-batches, validated on fixed episodes; the
 loop itself (checkpoints, resume, signals, metrics) is fewsight/training/loop.py."""
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ CPU_RECIPE = (  # the README's CPU command: 15 minutes on two CPU cores, trainin
 
 _BOOKKEEPING = ("log_every", "val_every", "val_episodes", "checkpoint_every")  # may change on resume
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)
+MOMENTUM = 0.9  # of SGD, in pre-training and in a meta-training stage with --meta-optimizer sgd
 _RESUMABLE = ("learner", "optimizer", "generator", "torch_rng", "step", "interval")
 
 
@@ -54,6 +55,18 @@ def _eager_step(
     average_gradients(learner.parameters())
     optimizer.step()
     return result.loss.detach(), result.accuracy.detach()
+
+
+def meta_optimizer(learner: MetaLearner, config: RunConfig, graphs: bool) -> torch.optim.Optimizer:
+    """The meta-update's optimiser: Adam (recordable in a CUDA graph when `graphs`), or SGD with
+    momentum, as Meta-Baseline's meta-training stage uses."""
+    if config.meta_optimizer == "sgd":
+        return torch.optim.SGD(
+            learner.parameters(), lr=config.meta_lr, momentum=MOMENTUM, weight_decay=config.weight_decay
+        )
+    return torch.optim.Adam(
+        learner.parameters(), lr=config.meta_lr, weight_decay=config.weight_decay, capturable=graphs
+    )
 
 
 def _graphed_step(
@@ -168,7 +181,7 @@ def train(
     learner = build_learner(config).to(device)
     if initial is not None:
         load_backbone(learner, initial, config.init)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr, capturable=graphs)
+    optimizer = meta_optimizer(learner, config, graphs)
     generator = sampler.generator(config.seed)
     if state is not None:
         learner.load_state_dict(state["learner"])

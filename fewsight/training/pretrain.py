@@ -32,10 +32,9 @@ from fewsight.run.lock import holds_run_folder
 from fewsight.training import loop
 from fewsight.training.device import autocast, default_device
 from fewsight.training.evaluate import Accuracy, evaluate
-from fewsight.training.metatrain import VALIDATION_SEED
+from fewsight.training.metatrain import MOMENTUM, VALIDATION_SEED
 from fewsight.training.schedules import cosine_lr
 
-MOMENTUM = 0.9
 DROP_RAMP = 0.5  # DropBlock's rate rises linearly to its value over this fraction of the steps
 VALIDATION_WAYS, VALIDATION_QUERIES = 5, 15  # of the 1-shot validation episodes
 _RESUMABLE = (
