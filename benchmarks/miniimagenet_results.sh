@@ -9,7 +9,7 @@
 # EXTRA_FLAGS are added to a new run's training command (e.g. "--cosine-lr --steps 8000"; later flags win);
 # a resumed run keeps its settings and length (60,000 steps unless EXTRA_FLAGS said otherwise).
 # Usage: benchmarks/miniimagenet_results.sh RUNS NAME, NAME one of ALGORITHM-1shot or ALGORITHM-5shot
-# (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet protonet-bn protonet-ref mamlpp-ref weightpred
+# (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet protonet-bn protonet-ref maml-ref mamlpp-ref weightpred
 # hypernet leo), resnet12-pretrain, metabaseline or metabaseline-5shot (PRETRAIN_WIDTH: the ResNet-12's width, 1).
 # The *-ref recipes and metabaseline-5shot take the settings of the papers' reference code (docs/RESULTS.md,
 # "Ablations"). PYTHON: the interpreter that has fewsight (default python3).
@@ -45,6 +45,13 @@ case $name in
   # The MAML family with MAML's settings (MAML++ is --algorithm mamlpp with all its switches).
   maml-[15]shot|fomaml-[15]shot|metasgd-[15]shot|anil-[15]shot|mamlpp-[15]shot)
     flags=(train --algorithm "${name%-*}" "${maml[@]}" --shots "$shots") ;;
+  # MAML as its reference code (cbfinn/maml) runs it: its inner step of 0.01 is taken on a loss summed
+  # over the 5 classes (0.05 on fewsight's mean), meta-gradients clipped to [-10, 10], 2 tasks a
+  # meta-batch at 5 shots, 60,000 steps.
+  maml-ref-[15]shot)
+    tasks=4; [ "$shots" = 5 ] && tasks=2
+    flags=(train --algorithm maml "${maml[@]}" --shots "$shots" --inner-lr 0.05 --meta-grad-clip 10
+           --meta-batch "$tasks" --steps 60000) ;;
   # MAML++ as its reference code runs it: 48 channels, 2 tasks a meta-batch, learned inner rates
   # starting at 0.1, second order from the first step, 50,000 steps, tested with its 5 steps (the
   # per-step rates and batch-norm weights exist for 5).

@@ -159,12 +159,31 @@ def test_resumed_run_equals_uninterrupted(omniglot_train, tmp_path, optimizer):
     assert moments == ({"momentum_buffer"} if optimizer else {"step", "exp_avg", "exp_avg_sq"})
 
 
+def test_meta_grad_clip_bounds_every_element_of_the_update(omniglot_train, tmp_path):
+    """One plain SGD step of 0.1 moves no weight by more than 0.1 times the clipping bound (and the
+    unclipped step moves some by far more)."""
+    sgd = ["--meta-optimizer", "sgd", "--meta-lr", "0.1", "--steps", "1", *TINY]
+    moved = {}
+    for clip in ("0", "1e-3"):
+        run = tmp_path / clip
+        main(["train", *sgd, "--meta-grad-clip", clip, "--out", str(run)])
+        config = RunConfig.load(run)
+        torch.manual_seed(config.seed)
+        start = build_learner(config).state_dict()
+        after = torch.load(run / "checkpoint.pt", weights_only=True)["learner"]
+        moved[clip] = max(
+            (after[n] - start[n]).abs().max().item() for n, _ in build_learner(config).named_parameters()
+        )
+    assert 0 < moved["1e-3"] <= 0.1 * 1e-3 + 2.4e-7 < 0.1 * moved["0"], moved  # 2.4e-7: float32 rounding
+
+
 def test_meta_optimizer_and_weight_decay_refuse_bad_values(tmp_path):
     from tests.test_inputs import assert_clear_error, run_cli
 
     for flags, message in (
         (["--meta-optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
-        (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+        (["--weight-decay", "-1"], "--weight-decay must be 0 (off) or more"),
+        (["--meta-grad-clip", "nan"], "--meta-grad-clip must be 0 (off) or more"),
     ):
         status, _, err = run_cli(["train", *flags, "--out", str(tmp_path / "bad")])
         assert_clear_error(status, err)

@@ -39,6 +39,8 @@ HELP = {
     "meta_optimizer": "optimiser of the meta-update: adam, or sgd with momentum 0.9 (Meta-Baseline's stage: "
     "--meta-optimizer sgd --meta-lr 1e-3 --weight-decay 5e-4)",
     "weight_decay": "L2 weight decay of the meta-update",
+    "meta_grad_clip": "clip every element of the meta-gradient to [-this, this] before the update (the MAML "
+    "paper's code clips at 10 on miniImageNet; 0: off)",
     "base_mix": "weightpred: probability of using a class's stored base weights while meta-training",
     "metric": "protonet: compare queries with the class prototypes by squared euclidean distance, or by "
     "cosine similarity times a learned temperature starting at 10 (Meta-Baseline)",

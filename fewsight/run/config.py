@@ -53,6 +53,7 @@ class RunConfig:
     meta_lr: float = 1e-3
     meta_optimizer: str = "adam"  # or "sgd" (momentum 0.9), as Meta-Baseline's stage
     weight_decay: float = 0.0  # of the meta-update
+    meta_grad_clip: float = 0.0  # clip every meta-gradient element to [-this, this] (MAML's code: 10); 0: off
     base_mix: float = 0.0
     base_classes: int = 0
     metric: str = "euclidean"  # protonet: how queries are compared with the class prototypes
@@ -164,8 +165,9 @@ class RunConfig:
             raise FewsightError(
                 f"unknown --meta-optimizer {self.meta_optimizer!r}; use one of {', '.join(META_OPTIMIZERS)}"
             )
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise FewsightError("--weight-decay must be 0 or more")
+        for name in ("weight_decay", "meta_grad_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise FewsightError(f"--{name.replace('_', '-')} must be 0 (off) or more")
         if self.joint_statistics and (self.algorithm != "protonet" or not self.transductive):
             raise FewsightError(
                 "--joint-statistics applies to --algorithm protonet, transductive: "

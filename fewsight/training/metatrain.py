@@ -59,14 +59,27 @@ def _eager_step(
 
 def meta_optimizer(learner: MetaLearner, config: RunConfig, graphs: bool) -> torch.optim.Optimizer:
     """The meta-update's optimiser: Adam (recordable in a CUDA graph when `graphs`), or SGD with
-    momentum, as Meta-Baseline's meta-training stage uses."""
+    momentum, as Meta-Baseline's meta-training stage uses. With --meta-grad-clip it clips the
+    gradients first, inside its step: after the processes' average and inside a recorded graph."""
     if config.meta_optimizer == "sgd":
-        return torch.optim.SGD(
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
             learner.parameters(), lr=config.meta_lr, momentum=MOMENTUM, weight_decay=config.weight_decay
         )
-    return torch.optim.Adam(
-        learner.parameters(), lr=config.meta_lr, weight_decay=config.weight_decay, capturable=graphs
-    )
+    else:
+        optimizer = torch.optim.Adam(
+            learner.parameters(), lr=config.meta_lr, weight_decay=config.weight_decay, capturable=graphs
+        )
+    if config.meta_grad_clip:
+        limit = config.meta_grad_clip
+
+        def clip(optimizer: torch.optim.Optimizer, *_: object) -> None:
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    if parameter.grad is not None:
+                        parameter.grad.clamp_(-limit, limit)
+
+        optimizer.register_step_pre_hook(clip)
+    return optimizer
 
 
 def _graphed_step(
