@@ -7,7 +7,8 @@ CPU: its backward's batching rule is known to be wrong (pytorch/functorch#534). 
 never meets that rule: under vmap it folds the tasks into the channels (each task's channel is a
 channel of its own, so (T, B, C, ...) is one batch norm of (B, T*C, ...)) and calls the fused kernel
 once. Its backward is the fused kernel too (differentiable again under plain autograd), except where
-torch.func needs a graph of it (MAML's vmapped inner loop): there it is written out from the
+torch.func needs a graph of it (``torch.func.grad`` under vmap, as in Reptile; MAML's meta-loss
+takes its inner gradients with plain autograd, outside its vmap): there it is written out from the
 statistics, recomputed so that it differentiates in x.
 No running statistics are kept: every call normalises with the statistics of the batch it is given
 (transductive, as in the MAML paper), or, with ``context_size``, with those of the first
