@@ -4,9 +4,8 @@ Every task adapts a copy of the model's parameters by a few gradient steps on it
 meta-loss is the query loss of the adapted parameters. The inner loop runs for all tasks of a batch
 at once (the support losses under ``torch.vmap``, the gradient of their sum by plain autograd), and
 ``.backward()`` on the meta-loss gives the second-order meta-gradient (or the first-order one with
-``first_order=True``). A plain loop over
-tasks with ``torch.autograd.grad`` is kept as the reference, and serves as the fallback for models
-that vmap cannot take.
+``first_order=True``). A plain loop over tasks with ``torch.autograd.grad`` is kept as the reference,
+and serves as the fallback for models that vmap cannot take.
 
 MAML++'s improvements (Antoniou et al. 2019) are switches on the same class: the multi-step loss,
 learned per-layer per-step inner learning rates, per-step batch-norm weights and biases, and
@@ -304,7 +303,6 @@ class MAML(MetaLearner):
 
     def _task_logits(
         self,
-        inner_step: Step,
         params: Params,
         steps: int,
         every_step: bool,
@@ -313,9 +311,10 @@ class MAML(MetaLearner):
         query_x: torch.Tensor,
     ) -> torch.Tensor:
         """Query logits (K, N*Q, N) of one task after each inner step (K = steps), or after the last
-        (K = 1), adapting with `inner_step` (vectorisable or reference)."""
+        (K = 1), adapting with `inner_step_reference`: the per-task loop's."""
         fast = {name: params[name] for name in self.adapted}
-        after = self.trajectory(partial(inner_step, params), fast, support_x, support_y, steps)
+        step = partial(self.inner_step_reference, params)
+        after = self.trajectory(step, fast, support_x, support_y, steps)
         kept = range(steps) if every_step else [steps - 1]
         return torch.stack(
             [self.forward_with(self.step_params(params, after[k], k), query_x, support_x) for k in kept]
@@ -394,7 +393,7 @@ class MAML(MetaLearner):
         steps = self._steps()
         inputs = (batch.support_x, batch.support_y, batch.query_x)
         transformed = partial(self._batched_logits, params, steps, every_step, batch)
-        reference = partial(self._task_logits, self.inner_step_reference, params, steps, every_step)
+        reference = partial(self._task_logits, params, steps, every_step)
         return self._with_fallback(
             transformed,
             lambda: torch.stack([reference(*(x[t] for x in inputs)) for t in range(batch.tasks)]),
