@@ -2,10 +2,10 @@
 
 Every task adapts a copy of the model's parameters by a few gradient steps on its support set; the
 meta-loss is the query loss of the adapted parameters. The inner loop runs for all tasks of a batch
-at once (``torch.vmap`` over ``torch.func.grad``), and ``.backward()`` on the meta-loss gives the
-second-order meta-gradient (or the first-order one with ``first_order=True``). A plain loop over
-tasks with ``torch.autograd.grad`` is kept as the reference, and serves as the fallback for models
-that vmap cannot take.
+at once (the support losses under ``torch.vmap``, the gradient of their sum by plain autograd), and
+``.backward()`` on the meta-loss gives the second-order meta-gradient (or the first-order one with
+``first_order=True``). A plain loop over tasks with ``torch.autograd.grad`` is kept as the reference,
+and serves as the fallback for models that vmap cannot take.
 
 MAML++'s improvements (Antoniou et al. 2019) are switches on the same class: the multi-step loss,
 learned per-layer per-step inner learning rates, per-step batch-norm weights and biases, and
@@ -215,14 +215,44 @@ class MAML(MetaLearner):
         self, params: Params, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int
     ) -> Params:
         """The same as `inner_step`, written with plain autograd: the reference and fallback."""
+
+        def support_loss(fast: Params) -> torch.Tensor:
+            logits = self.forward_with(self.step_params(params, fast, step), support_x)
+            return F.cross_entropy(logits, support_y)
+
+        return self._autograd_step(fast, support_loss, step)
+
+    def batched_inner_step(
+        self, params: Params, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int
+    ) -> Params:
+        """`inner_step` for all tasks at once (`fast` and the support sets with the tasks first): the
+        support losses vmapped over tasks, their gradient taken by plain autograd on their sum, which
+        is every task's own gradient, as a task's loss depends on its own parameters alone.
+
+        One transform level (vmap) instead of two (vmap over torch.func.grad): the inner backward runs
+        under plain autograd, so fewsight's layers take their plain backward there (fused batch norm
+        and pool kernels, torch's double backward of them) instead of torch.func's Python around every
+        custom autograd Function call, about twice as fast on the CPU (docs/BENCHMARKS.md).
+        """
+
+        def task_loss(fast: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+            logits = self.forward_with(self.step_params(params, fast, step), support_x)
+            return F.cross_entropy(logits, support_y)
+
+        def support_loss(fast: Params) -> torch.Tensor:
+            return torch.vmap(task_loss, randomness="different")(fast, support_x, support_y).sum()
+
+        return self._autograd_step(fast, support_loss, step)
+
+    def _autograd_step(self, fast: Params, loss: Callable[[Params], torch.Tensor], step: int) -> Params:
+        """`fast` after inner step `step` down the plain-autograd gradient of `loss(fast)`; with the
+        graph of that gradient kept for the meta-gradient where grad mode is on (second order)."""
         tracking = torch.is_grad_enabled()
         if not tracking:
             fast = {name: value.detach().requires_grad_() for name, value in fast.items()}
         with torch.enable_grad():
-            logits = self.forward_with(self.step_params(params, fast, step), support_x)
-            loss = F.cross_entropy(logits, support_y)
             grads = torch.autograd.grad(
-                loss, list(fast.values()), create_graph=tracking and not self._first_order()
+                loss(fast), list(fast.values()), create_graph=tracking and not self._first_order()
             )
         rates = self.inner_rates(step)
         fast = {name: descend(fast[name], g, rates[name]) for name, g in zip(fast, grads, strict=True)}
@@ -273,7 +303,6 @@ class MAML(MetaLearner):
 
     def _task_logits(
         self,
-        inner_step: Step,
         params: Params,
         steps: int,
         every_step: bool,
@@ -282,23 +311,20 @@ class MAML(MetaLearner):
         query_x: torch.Tensor,
     ) -> torch.Tensor:
         """Query logits (K, N*Q, N) of one task after each inner step (K = steps), or after the last
-        (K = 1), adapting with `inner_step` (vectorisable or reference)."""
+        (K = 1), adapting with `inner_step_reference`: the per-task loop's."""
         fast = {name: params[name] for name in self.adapted}
-        after = self.trajectory(partial(inner_step, params), fast, support_x, support_y, steps)
+        step = partial(self.inner_step_reference, params)
+        after = self.trajectory(step, fast, support_x, support_y, steps)
         kept = range(steps) if every_step else [steps - 1]
         return torch.stack(
             [self.forward_with(self.step_params(params, after[k], k), query_x, support_x) for k in kept]
         )
 
     def _batched_logits(self, params: Params, steps: int, every_step: bool, batch: TaskBatch) -> torch.Tensor:
-        """`_task_logits` for all tasks, each inner step vmapped over tasks on its own, so that
-        `checkpoint_inner` can recompute it (a vmapped function cannot be recomputed from inside)."""
+        """`_task_logits` for all tasks, each inner step a `batched_inner_step` (vmap inside, plain
+        autograd outside, which `checkpoint_inner` can recompute), the query logits vmapped."""
         fast = {name: params[name].expand(batch.tasks, *params[name].shape) for name in self.adapted}
-
-        def inner_step(fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int) -> Params:
-            one = partial(self.inner_step, params, step=step)
-            return torch.vmap(one, randomness="different")(fast, support_x, support_y)
-
+        inner_step = partial(self.batched_inner_step, params)
         after = self.trajectory(inner_step, fast, batch.support_x, batch.support_y, steps)
         kept = range(steps) if every_step else [steps - 1]
 
@@ -366,12 +392,8 @@ class MAML(MetaLearner):
         params = dict(self.model.named_parameters())
         steps = self._steps()
         inputs = (batch.support_x, batch.support_y, batch.query_x)
-        if self.checkpoint_inner and torch.is_grad_enabled():
-            transformed = partial(self._batched_logits, params, steps, every_step, batch)
-        else:
-            task = partial(self._task_logits, self.inner_step, params, steps, every_step)
-            transformed = partial(torch.vmap(task, randomness="different"), *inputs)
-        reference = partial(self._task_logits, self.inner_step_reference, params, steps, every_step)
+        transformed = partial(self._batched_logits, params, steps, every_step, batch)
+        reference = partial(self._task_logits, params, steps, every_step)
         return self._with_fallback(
             transformed,
             lambda: torch.stack([reference(*(x[t] for x in inputs)) for t in range(batch.tasks)]),

@@ -7,7 +7,8 @@ CPU: its backward's batching rule is known to be wrong (pytorch/functorch#534). 
 never meets that rule: under vmap it folds the tasks into the channels (each task's channel is a
 channel of its own, so (T, B, C, ...) is one batch norm of (B, T*C, ...)) and calls the fused kernel
 once. Its backward is the fused kernel too (differentiable again under plain autograd), except where
-torch.func needs a graph of it (MAML's vmapped inner loop): there it is written out from the
+torch.func needs a graph of it (``torch.func.grad`` under vmap, as in Reptile; MAML's meta-loss
+takes its inner gradients with plain autograd, outside its vmap): there it is written out from the
 statistics, recomputed so that it differentiates in x.
 No running statistics are kept: every call normalises with the statistics of the batch it is given
 (transductive, as in the MAML paper), or, with ``context_size``, with those of the first
@@ -115,17 +116,23 @@ class _BatchNorm(torch.autograd.Function):
     def vmap(
         info: Any, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
     ) -> tuple:
-        """Tasks folded into channels: (T, B, C, ...) -> one batch norm of (B, T*C, ...)."""
-        tasks = info.batch_size
-        x = tasks_first(x, in_dims[0], tasks)
-        output, mean, inverse_std = _BatchNorm.apply(
-            fold_channels(x),
-            tasks_first(weight, in_dims[1], tasks).flatten(),
-            tasks_first(bias, in_dims[2], tasks).flatten(),
-            eps,
-        )
-        per_task = (unfold_channels(output, tasks), mean.view(tasks, -1), inverse_std.view(tasks, -1))
-        return per_task, (0, 0, 0)
+        return batch_norm_per_task(info.batch_size, in_dims, x, weight, bias, eps), (0, 0, 0)
+
+
+def batch_norm_per_task(
+    tasks: int, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_BatchNorm` of every task at once, the vmap rule's work: x, weight and bias with their task
+    dimension at `in_dims` (None: shared), tasks folded into channels ((T, B, C, ...) is one batch
+    norm of (B, T*C, ...)); (output, mean, 1/std) with the tasks first."""
+    x = tasks_first(x, in_dims[0], tasks)
+    output, mean, inverse_std = _BatchNorm.apply(
+        fold_channels(x),
+        tasks_first(weight, in_dims[1], tasks).flatten(),
+        tasks_first(bias, in_dims[2], tasks).flatten(),
+        eps,
+    )
+    return unfold_channels(output, tasks), mean.view(tasks, -1), inverse_std.view(tasks, -1)
 
 
 def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -41,8 +41,8 @@ class _KeepsTwoInputs(torch.autograd.Function):
 
 class _SameConv(_KeepsTwoInputs):
     """y = conv2d(x, w, b, padding=k//2, groups=groups); backward through `_WeightGrad`. Under vmap
-    with per-task weights the tasks become groups of one convolution (as torch's own batching rule
-    does), written here because a generated vmap rule costs much Python per call."""
+    the tasks become groups of one convolution (`conv_per_task`), written here because a generated
+    vmap rule costs much Python per call."""
 
     @staticmethod
     def forward(
@@ -70,15 +70,7 @@ class _SameConv(_KeepsTwoInputs):
     def vmap(
         info: Any, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: Any, groups: int
     ) -> tuple:
-        tasks = info.batch_size
-        x = tasks_first(x, in_dims[0], tasks)
-        if in_dims[1] is None and in_dims[2] is None:  # shared weights: the tasks are one batch
-            output = _SameConv.apply(x.flatten(0, 1), weight, bias, groups)
-            return output.view(tasks, x.shape[1], *output.shape[1:]), 0
-        weight = tasks_first(weight, in_dims[1], tasks).flatten(0, 1)
-        bias = None if bias is None else tasks_first(bias, in_dims[2], tasks).flatten()
-        output = _SameConv.apply(fold_channels(x), weight, bias, groups * tasks)
-        return unfold_channels(output, tasks), 0
+        return conv_per_task(info.batch_size, in_dims, x, weight, bias, groups), 0
 
 
 class _WeightGrad(_KeepsTwoInputs):
@@ -112,6 +104,22 @@ class _WeightGrad(_KeepsTwoInputs):
         weight = tasks_first(weight, in_dims[2], tasks).flatten(0, 1)
         folded = _WeightGrad.apply(fold_channels(x), fold_channels(grad), weight, groups * tasks)
         return folded.view(tasks, -1, *folded.shape[1:]), 0
+
+
+def conv_per_task(
+    tasks: int, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+) -> torch.Tensor:
+    """`same_conv2d` of every task at once, the vmap rule's work: x, weight and bias with their task
+    dimension at `in_dims` (None: shared by all tasks), the output (T, B, C, H, W). Per-task weights
+    make the tasks groups of one convolution (as torch's own batching rule does); shared weights make
+    them one batch."""
+    x = tasks_first(x, in_dims[0], tasks)
+    if in_dims[1] is None and in_dims[2] is None:
+        output = _SameConv.apply(x.flatten(0, 1), weight, bias, groups)
+        return output.view(tasks, x.shape[1], *output.shape[1:])
+    weight = tasks_first(weight, in_dims[1], tasks).flatten(0, 1)
+    bias = None if bias is None else tasks_first(bias, in_dims[2], tasks).flatten()
+    return unfold_channels(_SameConv.apply(fold_channels(x), weight, bias, groups * tasks), tasks)
 
 
 def same_conv2d(

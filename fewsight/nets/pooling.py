@@ -42,9 +42,14 @@ class _PoolReLU(torch.autograd.Function):
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple, x: torch.Tensor) -> tuple:
-        tasks = info.batch_size
-        output, indices = _PoolReLU.apply(fold_channels(tasks_first(x, in_dims[0], tasks)))
-        return (unfold_channels(output, tasks), unfold_channels(indices, tasks)), (0, 0)
+        return pool_relu_per_task(info.batch_size, in_dims[0], x), (0, 0)
+
+
+def pool_relu_per_task(tasks: int, in_dim: int | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_PoolReLU` of every task at once, the vmap rule's work: x with its task dimension at `in_dim`,
+    the tasks folded into the channels; (output, indices) with the tasks first."""
+    output, indices = _PoolReLU.apply(fold_channels(tasks_first(x, in_dim, tasks)))
+    return unfold_channels(output, tasks), unfold_channels(indices, tasks)
 
 
 class _PoolBackward(torch.autograd.Function):

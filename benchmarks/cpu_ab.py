@@ -1,0 +1,87 @@
+"""A/B of the eager MAML meta-step of two fewsight checkouts on the CPU, in one process, one thread.
+
+Both checkouts are imported into this process (the second after the first's modules are dropped;
+each learner keeps its own code), and their meta-steps alternate, so that both see the same load:
+on a shared machine a paired ratio is steadier than two runs' times. Omniglot 5-way 1-shot, 15
+queries per class, 5 inner steps, random images (no data needed). Prints the median step of each and
+the median of the paired ratios.
+
+Usage: python benchmarks/cpu_ab.py OLD_CHECKOUT NEW_CHECKOUT [--tasks 2] [--width 0.0625]
+[--task-chunk 0] [--rounds 21]. A checkout is a directory holding `fewsight/` (for an old commit:
+`git archive COMMIT | tar -x -C DIR`). Width 0.0625 (4 channels) makes the step mostly Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def load_step(checkout: str, tasks: int, width: float, task_chunk: int) -> Callable[[], None]:
+    """One meta-step (loss and backward) of a MAML learner built by `checkout`'s code."""
+    for name in [m for m in sys.modules if m == "fewsight" or m.startswith("fewsight.")]:
+        del sys.modules[name]
+    sys.path.insert(0, checkout)
+    try:  # fewsight.training.bench since the package was split; fewsight.bench before
+        layout = (
+            "fewsight.training.bench" if (Path(checkout) / "fewsight/training").is_dir() else "fewsight.bench"
+        )
+        bench = importlib.import_module(layout)
+    finally:
+        sys.path.remove(checkout)
+    options = ((("width", width),) if width != 1 else ()) + (
+        (("task_chunk", task_chunk),) if task_chunk else ()
+    )
+    case = bench.Case("omniglot", "maml", 5, 1, tasks, options=options)
+    torch.manual_seed(0)
+    learner = bench.build_learner(case.config())
+    learner.per_task = False
+    batch = bench.meta_batch(case, tasks, torch.device("cpu"), torch.float32)
+
+    def step() -> None:
+        learner.zero_grad()
+        learner.meta_loss(batch).loss.backward()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("--tasks", type=int, default=2)
+    parser.add_argument("--width", type=float, default=0.0625)
+    parser.add_argument("--task-chunk", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=21)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    checkouts = {"old": args.old, "new": args.new}
+    steps = {
+        name: load_step(path, args.tasks, args.width, args.task_chunk) for name, path in checkouts.items()
+    }
+    for step in steps.values():  # warm-up
+        step()
+        step()
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for round_ in range(args.rounds):
+        for name in ("old", "new") if round_ % 2 == 0 else ("new", "old"):
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    old, new = (1000 * statistics.median(times[name]) for name in ("old", "new"))
+    ratio = statistics.median(n / o for o, n in zip(times["old"], times["new"], strict=True))
+    print(
+        f"{args.tasks} tasks, width {args.width}, task chunk {args.task_chunk}: old {old:.1f} ms, "
+        f"new {new:.1f} ms, paired new/old {ratio:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
