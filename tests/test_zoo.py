@@ -173,6 +173,29 @@ def test_the_default_path_vectorises_and_equals_the_per_task_loop(tasks, model, 
     assert relative < 1e-9, f"{model}, {learner}: relative error {relative:.1e}"
 
 
+REPLAYED = [
+    (model, learner, options)
+    for model in ("fewsight Conv4", "BatchNorm2d, no running statistics", "fewsight ResNet-12")
+    for learner in ("MAML", "first-order MAML", "Meta-SGD", "MAML++ switches")
+    for options in ({}, {"checkpoint_inner": True})
+]
+
+
+@pytest.mark.parametrize(("model", "learner", "options"), REPLAYED)
+def test_the_path_replayed_from_cuda_graphs_equals_the_per_task_loop(tasks, model, learner, options):
+    """A learner recorded as a CUDA graph (`replayed`) takes vmap over torch.func.grad: as exact."""
+    replayed = build(model, learner, replayed=True, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vectorised = meta_gradient(replayed, tasks)
+    assert replayed.per_task is not True and replayed.meta_gradient_error < 1e-9
+    eager = meta_gradient(build(model, learner, **options), tasks)
+    reference = meta_gradient(build(model, learner, per_task=True), tasks)
+    for path in (vectorised, eager):
+        relative = (path - reference).norm() / reference.norm()
+        assert relative < 1e-9, f"{model}, {learner}, {options}: relative error {relative:.1e}"
+
+
 @pytest.mark.parametrize("learner", ["MAML", "Meta-SGD", "Reptile"])
 def test_running_statistics_in_training_take_the_loop_with_one_line_saying_why(tasks, learner):
     default = build("BatchNorm2d in eval mode (running statistics)", learner)

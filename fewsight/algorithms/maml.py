@@ -303,6 +303,7 @@ class MAML(MetaLearner):
 
     def _task_logits(
         self,
+        inner_step: Step,
         params: Params,
         steps: int,
         every_step: bool,
@@ -311,10 +312,9 @@ class MAML(MetaLearner):
         query_x: torch.Tensor,
     ) -> torch.Tensor:
         """Query logits (K, N*Q, N) of one task after each inner step (K = steps), or after the last
-        (K = 1), adapting with `inner_step_reference`: the per-task loop's."""
+        (K = 1), adapting with `inner_step` (vmap-able) or `inner_step_reference` (the per-task loop's)."""
         fast = {name: params[name] for name in self.adapted}
-        step = partial(self.inner_step_reference, params)
-        after = self.trajectory(step, fast, support_x, support_y, steps)
+        after = self.trajectory(partial(inner_step, params), fast, support_x, support_y, steps)
         kept = range(steps) if every_step else [steps - 1]
         return torch.stack(
             [self.forward_with(self.step_params(params, after[k], k), query_x, support_x) for k in kept]
@@ -392,8 +392,16 @@ class MAML(MetaLearner):
         params = dict(self.model.named_parameters())
         steps = self._steps()
         inputs = (batch.support_x, batch.support_y, batch.query_x)
-        transformed = partial(self._batched_logits, params, steps, every_step, batch)
-        reference = partial(self._task_logits, params, steps, every_step)
+        if self.replayed and not (self.checkpoint_inner and torch.is_grad_enabled()):
+            # Replayed from a CUDA graph: vmap over torch.func.grad, two transform levels, whose
+            # kernels run faster on the GPU (docs/BENCHMARKS.md); eagerly, one level runs less Python.
+            # Not with checkpoint_inner: its recomputation would run torch's norms outside
+            # WrittenOutNorms, under torch.func.grad, where their meta-gradient is wrong.
+            task = partial(self._task_logits, self.inner_step, params, steps, every_step)
+            transformed = partial(torch.vmap(task, randomness="different"), *inputs)
+        else:
+            transformed = partial(self._batched_logits, params, steps, every_step, batch)
+        reference = partial(self._task_logits, self.inner_step_reference, params, steps, every_step)
         return self._with_fallback(
             transformed,
             lambda: torch.stack([reference(*(x[t] for x in inputs)) for t in range(batch.tasks)]),

@@ -128,7 +128,7 @@ def graphed_implementation() -> Implementation:
     """fewsight's vmapped meta-gradient recorded once as a CUDA graph and replayed."""
 
     def make(learner: MetaLearner, batch: TaskBatch) -> MetaGradient:
-        learner.per_task = False
+        learner.per_task, learner.replayed = False, True  # as GraphedTrainingStep does
         static = static_copy(batch)
 
         def step() -> None:

@@ -73,6 +73,7 @@ class GraphedTrainingStep:
         autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> None:
         self.learner, self.optimizer, self.autocast = learner, optimizer, autocast
+        learner.replayed = True  # the learner may take its path with the faster kernels
         for group in optimizer.param_groups:  # in the parameters' dtype: float64 training stays exact
             like = group["params"][0]
             group["lr"] = torch.tensor(float(group["lr"]), dtype=like.dtype, device=like.device)

@@ -101,6 +101,7 @@ def _graphed_step(
             stacklevel=2,
         )
         plain_learning_rates(optimizer)
+        learner.replayed = False
         return None
 
 
