@@ -8,9 +8,11 @@
 # WEIGHTS=best scores the run's best-validated weights (best.pt, RUNS/NAME.eval-Kshot-best.json).
 # EXTRA_FLAGS are added to a new run's training command (e.g. "--cosine-lr --steps 8000"; later flags win);
 # a resumed run keeps its settings and length (60,000 steps unless EXTRA_FLAGS said otherwise).
+# PRETRAIN_FLAGS are added to a new pre-training run's command in the same way.
 # Usage: benchmarks/miniimagenet_results.sh RUNS NAME, NAME one of ALGORITHM-1shot or ALGORITHM-5shot
 # (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet protonet-bn protonet-ref maml-ref mamlpp-ref weightpred
-# hypernet leo), resnet12-pretrain, metabaseline or metabaseline-5shot (PRETRAIN_WIDTH: the ResNet-12's width, 1).
+# hypernet leo), resnet12-pretrain, metabaseline or metabaseline-5shot, classifier-ref, then
+# metabaseline-ref-1shot or metabaseline-ref-5shot (PRETRAIN_WIDTH: the ResNet-12's width, 1).
 # The *-ref recipes and metabaseline-5shot take the settings of the papers' reference code (docs/RESULTS.md,
 # "Ablations"). PYTHON: the interpreter that has fewsight (default python3).
 set -u
@@ -46,11 +48,13 @@ case $name in
   maml-[15]shot|fomaml-[15]shot|metasgd-[15]shot|anil-[15]shot|mamlpp-[15]shot)
     flags=(train --algorithm "${name%-*}" "${maml[@]}" --shots "$shots") ;;
   # MAML as its reference code (cbfinn/maml) runs it: its inner step of 0.01 is taken on a loss summed
-  # over the 5 classes (0.05 on fewsight's mean), meta-gradients clipped to [-10, 10], 2 tasks a
-  # meta-batch at 5 shots, 60,000 steps.
+  # over the 5 classes (0.05 on fewsight's mean), meta-gradients clipped to [-10, 10], Xavier weights
+  # and zero biases, batch norm with a shift but no scale, meta-learned and not adapted, 2 tasks a
+  # meta-batch at 5 shots, 60,000 steps. EXTRA_FLAGS undo one factor (e.g. --adapt-norm).
   maml-ref-[15]shot)
     tasks=4; [ "$shots" = 5 ] && tasks=2
     flags=(train --algorithm maml "${maml[@]}" --shots "$shots" --inner-lr 0.05 --meta-grad-clip 10
+           --weight-init xavier --norm-scale-init fixed --no-adapt-norm
            --meta-batch "$tasks" --steps 60000) ;;
   # MAML++ as its reference code runs it: 48 channels, 2 tasks a meta-batch, learned inner rates
   # starting at 0.1, second order from the first step, 50,000 steps, tested with its 5 steps (the
@@ -83,6 +87,19 @@ case $name in
                        --width "${PRETRAIN_WIDTH:-1}"
                              --ways 5 --shots 5 --meta-batch 4 --meta-optimizer sgd --meta-lr 1e-3
                              --weight-decay 5e-4 --bf16 --steps 4000) ;;
+  # Classifier-Baseline as Meta-Baseline's code trains it: a ResNet-12 of 64-128-256-512 channels
+  # without DropBlock, on 80-pixel images normalised with ImageNet's statistics, random resized crop
+  # and flip (no colour jitter), SGD at 0.1 dropped tenfold at epoch 90 of 100, batches of 128
+  # (bf16 autocast, for speed, where the reference runs float32).
+  classifier-ref) flags=(pretrain --dataset miniimagenet --backbone resnet12-512 --width "${PRETRAIN_WIDTH:-1}"
+                         --image-size 80 --input-norm imagenet --epochs "${PRETRAIN_EPOCHS:-100}"
+                         --lr-drop-epoch 90 --batch-size 128 --augment --no-jitter --bf16 --metric cosine --quiet) ;;
+  # Meta-Baseline's stage on it, as its code: 5-way tasks of its shot count, 4 a meta-batch, SGD (1e-3,
+  # momentum 0.9, weight decay 5e-4, constant), 4,000 steps, scored from its best-validated weights.
+  metabaseline-ref-[15]shot)
+    flags=(train --algorithm protonet --metric cosine --backbone resnet12-512 --width "${PRETRAIN_WIDTH:-1}"
+           --init "$runs/classifier-ref" --image-size 80 --input-norm imagenet --ways 5 --shots "$shots"
+           --meta-batch 4 --meta-optimizer sgd --meta-lr 1e-3 --weight-decay 5e-4 --bf16 --steps 4000) ;;
   *) echo "unknown recipe $name" >&2; exit 2 ;;
 esac
 [ "${flags[0]}" = train ] && flags+=("${common[@]}")
@@ -93,6 +110,8 @@ length=(--steps 60000); [ "$name" = metabaseline ] && length=(--steps "${META_ST
 resume=(); [ -f "$runs/$name/config.json" ] && resume=(--resume)
 # shellcheck disable=SC2206  # EXTRA_FLAGS is a list of words
 [ -z "${resume[*]}" ] && [ "${flags[0]}" = train ] && flags+=("${length[@]}" ${EXTRA_FLAGS:-})
+# shellcheck disable=SC2206
+[ -z "${resume[*]}" ] && [ "${flags[0]}" = pretrain ] && flags+=(${PRETRAIN_FLAGS:-})
 mkdir -p "$runs"
 start=$SECONDS
 timeout -s INT "$limit" "$python" -m fewsight "${flags[@]}" --out "$runs/$name" "${resume[@]}" >>"$runs/$name.log" 2>&1
@@ -106,7 +125,7 @@ evaluate() {  # shots [norm]: the model-based runs are also scored with fixed (p
   echo "evaluated ${1}-shot ($norm statistics) in $((SECONDS - start)) s" >>"$runs/$name.log"
 }
 case $name in
-  protonet-*|weightpred-*|hypernet-*|resnet12-*|metabaseline|metabaseline-5shot)
+  protonet-*|weightpred-*|hypernet-*|resnet12-*|classifier-ref|metabaseline*)
     evaluate 1; evaluate 5; evaluate 1 population; evaluate 5 population ;;
   *-1shot) evaluate 1 ;;
   *-5shot) evaluate 5 ;;

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import fewsight
-from fewsight.nets.batchnorm import uniform_scales
+from fewsight.nets.init import uniform_scales
 from fewsight.nets.population import estimate_population_statistics
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

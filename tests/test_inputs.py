@@ -291,4 +291,30 @@ def test_norm_scale_init_draws_the_scales_from_0_to_1_and_is_recorded(tmp_path):
     assert config.norm_scale_init == "uniform"
     status, _, err = run_cli(["train", "--norm-scale-init", "zeros", "--out", str(tmp_path / "bad")])
     assert_clear_error(status, err)
-    assert "unknown --norm-scale-init 'zeros'; use one of ones, uniform" in err
+    assert "unknown --norm-scale-init 'zeros'; use one of ones, uniform, fixed" in err
+
+
+def test_the_maml_codes_initialisation_is_recorded_and_its_fixed_scales_stay_at_1(tmp_path):
+    """--weight-init xavier --norm-scale-init fixed --no-adapt-norm: the MAML paper's code's Conv4."""
+    from fewsight.nets import TaskBatchNorm
+    from fewsight.run.config import RunConfig
+    from fewsight.use.models import load_model
+    from tests.conftest import train_tiny
+
+    train_tiny(tmp_path / "run", "--weight-init", "xavier", "--norm-scale-init", "fixed", "--no-adapt-norm")
+    config, learner = load_model(str(tmp_path / "run"))
+    assert (config.weight_init, config.norm_scale_init, config.adapt_norm) == ("xavier", "fixed", False)
+    norms = [m for m in learner.modules() if isinstance(m, TaskBatchNorm)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    assert any(m.bias.abs().max() > 0 for m in norms), "the shifts are meta-learned"
+    status, _, err = run_cli(
+        ["train", "--algorithm", "protonet", "--no-adapt-norm", "--out", str(tmp_path / "b")]
+    )
+    assert_clear_error(status, err)
+    assert "--no-adapt-norm applies to --algorithm maml, fomaml or mamlpp only; drop it" in err
+    undone = ["--no-adapt-norm", "--adapt-norm", "--steps", "1"]  # a recipe's flag undone by a later one
+    train_tiny(tmp_path / "again", "--norm-scale-init", "fixed", *undone)
+    assert RunConfig.load(tmp_path / "again").adapt_norm
+    status, _, err = run_cli(["train", "--weight-init", "kaiming", "--out", str(tmp_path / "bad")])
+    assert_clear_error(status, err)
+    assert "invalid choice: 'kaiming'" in err

@@ -202,3 +202,17 @@ def test_pool_relu_is_torchs_to_second_order():
     torch.testing.assert_close(
         inside, torch.func.grad(partial(squared_gradient, reference, tasks[0]))(scale[0].detach())
     )
+
+
+def test_imagenet_input_norm_is_part_of_the_model_and_not_of_its_checkpoint():
+    from fewsight.nets.inputs import IMAGENET, input_norm
+
+    torch.manual_seed(0)
+    plain = Conv4(5, in_channels=3, hidden=8, image_size=32)
+    normalising = Conv4(5, in_channels=3, hidden=8, image_size=32)
+    normalising.load_state_dict(plain.state_dict())
+    normalising.input_norm = input_norm("imagenet")
+    assert normalising.state_dict().keys() == plain.state_dict().keys()  # old checkpoints load
+    x = torch.rand(4, 3, 32, 32)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
+    torch.testing.assert_close(normalising(x), plain((x - mean) / std))

@@ -128,3 +128,62 @@ def test_meta_baseline_cosine_pretraining_scoring_and_meta_training(tmp_path, ca
     )
     learner = torch.load(meta / "checkpoint.pt", weights_only=True)["learner"]
     assert 0 < abs(learner["temperature"].item() - 10) < 0.01  # from 10, one Adam step of --meta-lr
+
+
+def test_meta_baselines_classifier_recipe(tmp_path, capsys):
+    """resnet12-512, ImageNet input statistics, crop and flip without jitter, a tenfold drop at an epoch."""
+    run = tmp_path / "classifier"
+    recipe = ["--backbone", "resnet12-512", "--input-norm", "imagenet", "--augment", "--no-jitter"]
+    recipe += ["--lr-drop-epoch", "2"]
+    assert main(["pretrain", *FLAGS, "--epochs", "2", *recipe, "--out", str(run)]) == 0
+    rows = metrics(run)
+    assert {row["lr"] for row in rows if row["step"] <= 5} == {0.1}  # epoch 1: steps 1-5
+    assert {round(row["lr"], 12) for row in rows if row["step"] > 5} == {0.01}
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["backbone"], saved["input_norm"], saved["drop_rate"]) == ("resnet12-512", "imagenet", 0.0)
+    assert saved["pretrain"]["jitter"] is False and saved["pretrain"]["lr_drop_epoch"] == 2
+    capsys.readouterr()
+    assert main(["eval", str(run), *TINY[4:], "--queries", "5", "--episodes", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["widths"] == [4, 8, 16, 32]  # 64-128-256-512 at 0.0625
+    flags = ["--dataset", "miniimagenet", "--algorithm", "protonet", "--backbone", "resnet12-512", *TINY]
+    assert main(["train", *flags, "--init", str(run), "--out", str(tmp_path / "stage")]) == 2
+    assert "normalised by --input-norm imagenet, this run's by none; use --input-norm imagenet" in (
+        capsys.readouterr().err
+    )
+    assert main(["pretrain", *FLAGS, "--no-jitter", "--out", str(tmp_path / "bad")]) == 2
+    assert "--no-jitter changes --augment: add --augment, or drop --no-jitter" in capsys.readouterr().err
+
+
+def test_int8_quantisation_keeps_every_weight_within_half_a_step():
+    from fewsight.run.compact import SMALLEST, dequantise, quantise
+
+    torch.manual_seed(0)
+    state = {"conv": torch.randn(64, 32, 3, 3), "bias": torch.randn(64), "small": torch.randn(8, 8)}
+    stored = quantise(state)
+    assert stored["conv"]["int8"].dtype == torch.int8 and stored["conv"]["scale"].shape == (64,)
+    assert stored["bias"] is state["bias"] and stored["small"] is state["small"]  # under SMALLEST
+    assert state["small"].numel() < SMALLEST <= state["conv"].numel()
+    restored = dequantise(stored)
+    step = stored["conv"]["scale"].view(-1, 1, 1, 1)
+    assert ((restored["conv"] - state["conv"]).abs() <= step / 2 + 1e-7).all()
+    assert (state["conv"].abs().flatten(1).amax(1) == (127 * stored["conv"]["scale"])).all()
+
+
+def test_a_bundled_int8_model_loads_and_computes_what_its_run_does(pretrained, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fewsight.use.models import load_model
+
+    script = Path(__file__).parent.parent / "benchmarks" / "bundle_model.py"
+    out = tmp_path / "bundled"
+    subprocess.run([sys.executable, str(script), str(pretrained), str(out), "--int8"], check=True)
+    stored = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert any(isinstance(value, dict) for value in stored["learner"].values())  # some weights in int8
+    assert stored.keys() == {"learner", "step"} and stored["step"] == 10
+    original, bundled = load_model(str(pretrained))[1], load_model(str(out))[1]
+    x = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        expected, got = original.encoder(x), bundled.encoder(x)
+    assert 0 < (got - expected).norm() / expected.norm() < 0.02

@@ -21,7 +21,15 @@ SHORT += " --image-size 32"  # 84 pixels would make MAML++'s first-step float64 
 
 PROMISED = {  # recipe: settings its run must have
     "protonet-ref-1shot": {"norm_scale_init": "uniform", "joint_statistics": True, "lr_halve_every": 2000},
-    "maml-ref-5shot": {"inner_lr": 0.05, "meta_grad_clip": 10.0, "shots": 5, "eval_inner_steps": 10},
+    "maml-ref-5shot": {
+        "inner_lr": 0.05,
+        "meta_grad_clip": 10.0,
+        "shots": 5,
+        "eval_inner_steps": 10,
+        "weight_init": "xavier",
+        "norm_scale_init": "fixed",
+        "adapt_norm": False,
+    },
     "mamlpp-ref-1shot": {
         "width": 1.5,
         "inner_lr": 0.1,
@@ -30,6 +38,14 @@ PROMISED = {  # recipe: settings its run must have
         "first_order_steps": 1,
         "learned_inner_lr": True,
         "per_step_bn": True,
+    },
+    "metabaseline-ref-1shot": {
+        "backbone": "resnet12-512",
+        "input_norm": "imagenet",
+        "metric": "cosine",
+        "meta_optimizer": "sgd",
+        "meta_batch": 1,  # SHORT's; the recipe's 4
+        "steps": 2,
     },
     "metabaseline-5shot": {
         "shots": 5,
@@ -42,31 +58,49 @@ PROMISED = {  # recipe: settings its run must have
 }
 
 
+ENVIRONMENT = {
+    "PYTHON": sys.executable,
+    "EXTRA_FLAGS": SHORT,
+    "EPISODES": "2",
+    "EVAL_BATCH": "2",
+    "EVAL_QUERIES": "2",
+    "PRETRAIN_WIDTH": "0.125",
+    "PRETRAIN_EPOCHS": "1",
+    "PRETRAIN_FLAGS": "--image-size 32 --val-episodes 2",
+    "CUDA_VISIBLE_DEVICES": "",
+}
+
+
+def run_recipe(runs: Path, recipe: str) -> None:
+    environment = {**os.environ, **ENVIRONMENT, "FEWSIGHT_DATA": str(SAMPLE)}
+    subprocess.run(["bash", str(SCRIPT), str(runs), recipe], env=environment, check=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
+    """The pre-training runs the Meta-Baseline recipes start from (the sample, 1 epoch, width 0.125)."""
     if not SAMPLE.is_dir():
         pytest.skip("../shared/data/miniimagenet-sample is not here")
     folder = tmp_path_factory.mktemp("recipes")
     flags = ["--dataset", "miniimagenet", "--data-root", str(SAMPLE), "--backbone", "resnet12"]
     flags += ["--width", "0.125", "--epochs", "1", "--val-episodes", "2", "--quiet", "--device", "cpu"]
     assert main(["pretrain", *flags, "--out", str(folder / "resnet12-pretrain")]) == 0  # metabaseline's start
+    run_recipe(folder, "classifier-ref")  # metabaseline-ref's start
     return folder
+
+
+def test_the_classifier_baseline_recipe_has_meta_baselines_settings(runs):
+    saved = json.loads((runs / "classifier-ref" / "config.json").read_text())
+    expected = {"backbone": "resnet12-512", "input_norm": "imagenet", "drop_rate": 0.0}
+    expected |= {"lr": 0.1, "lr_drop_epoch": 90, "batch_size": 128, "augment": True, "jitter": False}
+    assert {name: saved["pretrain"][name] for name in expected} == expected
+    assert (runs / "classifier-ref.done").exists(), (runs / "classifier-ref.log").read_text()
+    assert json.loads((runs / "classifier-ref.eval-5shot-population.json").read_text())["shots"] == 5
 
 
 @pytest.mark.parametrize("recipe", sorted(PROMISED))
 def test_a_reference_recipe_runs_on_the_sample_with_its_settings(runs, recipe):
-    environment = {
-        **os.environ,
-        "FEWSIGHT_DATA": str(SAMPLE),
-        "PYTHON": sys.executable,
-        "EXTRA_FLAGS": SHORT,
-        "EPISODES": "2",
-        "EVAL_BATCH": "2",
-        "EVAL_QUERIES": "2",
-        "PRETRAIN_WIDTH": "0.125",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    subprocess.run(["bash", str(SCRIPT), str(runs), recipe], env=environment, check=True, timeout=600)
+    run_recipe(runs, recipe)
     config = RunConfig.load(runs / recipe)
     assert {name: getattr(config, name) for name in PROMISED[recipe]} == PROMISED[recipe]
     shots = 5 if recipe.endswith("5shot") else 1

@@ -8,6 +8,7 @@ from fewsight.algorithms import MAML, ProtoNet
 from fewsight.data import EpisodeSampler, load_miniimagenet
 from fewsight.nets import ResNet12
 from fewsight.nets.dropblock import drop_block
+from fewsight.nets.resnet12 import NARROW_WIDTHS
 from tests.conftest import SHARED_DATA, assert_meta_training_lowers_the_loss
 
 SAMPLE = SHARED_DATA / "miniimagenet-sample"
@@ -24,6 +25,9 @@ def test_shapes():
     full = ResNet12(5)
     assert full.block_channels == [64, 160, 320, 640] and full.feature_size == 640
     assert sum(p.numel() for p in full.parameters()) == 12_427_525  # MetaOptNet's 12.4M with a 5-way head
+    narrow = ResNet12(None, widths=NARROW_WIDTHS)  # Meta-Baseline's: 8.0M, 8 MB in int8
+    assert narrow.block_channels == [64, 128, 256, 512] and narrow.feature_size == 512
+    assert sum(p.numel() for p in narrow.parameters()) == 7_996_800
     tiny = ResNet12(None, width=0.125)
     assert tiny.block_channels == [8, 20, 40, 80]
     assert tiny(torch.rand(2, 3, 84, 84)).shape == (2, 80)

@@ -13,6 +13,7 @@ from torch import nn
 
 import fewsight
 from fewsight.data import EpisodeSampler
+from fewsight.nets.init import fixed_scales, xavier_weights
 
 WAYS = 5
 
@@ -78,6 +79,15 @@ def tiny_resnet() -> nn.Module:
     )
 
 
+def conv4_as_maml_code() -> nn.Module:
+    """fewsight's Conv4 initialised as the MAML paper's code: Xavier weights, batch norm without a
+    learned scale."""
+    model = fewsight.Conv4(WAYS, hidden=8)
+    xavier_weights(model)
+    fixed_scales(model)
+    return model
+
+
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "no norm": lambda: small_cnn(lambda c: nn.Identity()),
     "BatchNorm2d, no running statistics": lambda: small_cnn(
@@ -110,6 +120,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "dropout (p=0: the op, no masks)": lambda: small_cnn(lambda c: nn.GroupNorm(2, c), dropout=0.0),
     "torchvision-style ResNet": tiny_resnet,
     "fewsight Conv4": lambda: fewsight.Conv4(WAYS, hidden=8),
+    "fewsight Conv4, scales fixed, Xavier weights": conv4_as_maml_code,
     "fewsight ResNet-12": lambda: fewsight.ResNet12(WAYS, in_channels=1, width=0.0625),
 }
 LEARNERS: dict[str, Callable[[nn.Module], fewsight.MAML]] = {
@@ -121,6 +132,7 @@ LEARNERS: dict[str, Callable[[nn.Module], fewsight.MAML]] = {
         m, inner_lr=0.4, steps=2, multi_step_loss=10, learned_rates=True, per_step_norm=True
     ),
     "Reptile": lambda m: fewsight.Reptile(m, inner_lr=0.1, steps=2),
+    "MAML, norms not adapted": lambda m: fewsight.MAML(m, inner_lr=0.4, steps=2, adapt_norm=False),
 }
 # Every learner on the layers torch got wrong and on fewsight's nets; MAML on the whole zoo.
 CASES = (
@@ -176,7 +188,7 @@ def test_the_default_path_vectorises_and_equals_the_per_task_loop(tasks, model, 
 REPLAYED = [
     (model, learner, options)
     for model in ("fewsight Conv4", "BatchNorm2d, no running statistics", "fewsight ResNet-12")
-    for learner in ("MAML", "first-order MAML", "Meta-SGD", "MAML++ switches")
+    for learner in ("MAML", "first-order MAML", "Meta-SGD", "MAML++ switches", "MAML, norms not adapted")
     for options in ({}, {"checkpoint_inner": True})
 ]
 
@@ -273,3 +285,18 @@ def test_the_per_task_loop_agrees_with_finite_differences(tasks, model):
     finite = (loss_at(epsilon) - loss_at(-epsilon)) / (2 * epsilon)
     analytic = float(gradient @ direction)
     assert abs(finite - analytic) / abs(analytic) < 1e-6, (finite, analytic)
+
+
+def test_the_inner_loop_leaves_out_norms_without_adapt_norm_and_frozen_scales_always(tasks):
+    from fewsight.nets.written_out import norm_parameters
+
+    model = conv4_as_maml_code().double()
+    norms = norm_parameters(model)
+    scales = [name for name in norms if name.endswith("weight")]
+    assert len(norms) == 8 and all(not model.get_parameter(name).requires_grad for name in scales)
+    assert set(fewsight.MAML(model).adapted) == {n for n, _ in model.named_parameters()} - set(scales)
+    assert not set(fewsight.MAML(model, adapt_norm=False).adapted) & set(norms)
+    learner = fewsight.MAML(model, inner_lr=0.4, steps=2, adapt_norm=False)
+    fast = learner.adapt_params(dict(model.named_parameters()), tasks.support_x[0], tasks.support_y[0], 2)
+    assert all(torch.equal(fast[name], model.get_parameter(name)) for name in norms if name in fast)
+    assert any(not torch.equal(fast[name], model.get_parameter(name)) for name in fast)

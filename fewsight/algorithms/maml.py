@@ -34,7 +34,12 @@ from fewsight.algorithms.selfcheck import check_meta_gradient
 from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
 from fewsight.nets.batchnorm import TaskBatchNorm, with_context
-from fewsight.nets.written_out import WrittenOutNorms, calls_torch_norms, running_statistics_layers
+from fewsight.nets.written_out import (
+    WrittenOutNorms,
+    calls_torch_norms,
+    norm_parameters,
+    running_statistics_layers,
+)
 
 Params = dict[str, torch.Tensor]
 Step = Callable[[Params, torch.Tensor, torch.Tensor, int], Params]  # one inner step: fast -> fast
@@ -74,7 +79,9 @@ class MAML(MetaLearner):
             False, with the support set's, which needs a model whose forward takes `context_size`.
         per_task: True loops over tasks; False forces vmap; None (default) tries vmap and falls
             back to the loop, with a warning, for a model that vmap cannot take.
-        adapted: which parameter names the inner loop adapts (default: all).
+        adapted: which parameter names the inner loop adapts (default: all that require grad).
+        adapt_norm: False leaves the norm layers' scales and shifts out of the inner loop: meta-learned
+            only, as in the MAML paper's code (its batch norm lies outside the adapted weights).
         multi_step_loss: MAML++'s multi-step loss: the query loss after every inner step, weighted,
             the weights annealed towards the last step over this many meta-steps (0: off).
         learned_rates: MAML++'s learned step size per adapted tensor and per inner step.
@@ -98,6 +105,7 @@ class MAML(MetaLearner):
         transductive: bool = True,
         per_task: bool | None = None,
         adapted: list[str] | None = None,
+        adapt_norm: bool = True,
         multi_step_loss: int = 0,
         learned_rates: bool = False,
         per_step_norm: bool = False,
@@ -137,7 +145,10 @@ class MAML(MetaLearner):
             if per_step_norm
             else []
         )
-        self.adapted = [name for name in (named if adapted is None else adapted) if name not in self.norms]
+        # Not adapted: per-step norms, all norms without adapt_norm, and frozen parameters.
+        kept = {*self.norms, *([] if adapt_norm else norm_parameters(model))}
+        kept |= {name for name, p in named.items() if not p.requires_grad}
+        self.adapted = [name for name in (named if adapted is None else adapted) if name not in kept]
         unknown = set(self.adapted) - set(named)
         if unknown:
             raise FewsightError(f"adapted names {sorted(unknown)} are not parameters of the model")

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fewsight.errors import FewsightError
+from fewsight.nets.inputs import INPUT_NORMS
 from fewsight.run.algorithms import REGISTRY
-from fewsight.run.config import ALGORITHMS, BACKBONES, META_OPTIMIZERS, METRICS, RunConfig
+from fewsight.run.config import ALGORITHMS, BACKBONES, META_OPTIMIZERS, METRICS, WEIGHT_INITS, RunConfig
 
 if TYPE_CHECKING:
     import torch
@@ -55,11 +56,18 @@ HELP = {
     "meta-steps, then second order (mamlpp: 0 means a third of --steps; 1 is second order at once)",
     "task_chunk": "memory: meta-gradient of this many tasks at a time, each chunk's graph freed before "
     "the next (same result; 0: the whole meta-batch at once)",
-    "backbone": "conv4 (the papers' four blocks) or resnet12 (64-160-320-640, as MetaOptNet and RFS)",
+    "backbone": "conv4 (the papers' four blocks), resnet12 (64-160-320-640 channels, as MetaOptNet and RFS) "
+    "or resnet12-512 (64-128-256-512, as Meta-Baseline)",
     "width": "multiply the backbone's channel counts by this (1: the papers' widths)",
-    "drop_rate": "resnet12: DropBlock rate in its last two blocks while training (MetaOptNet, RFS: 0.1)",
-    "norm_scale_init": "how the batch-norm scales start: ones, or uniform (drawn from U(0, 1), as in the "
-    "PyTorch of the papers' time and the ProtoNet reference code; docs/RESULTS.md measures it)",
+    "drop_rate": "resnet12, resnet12-512: DropBlock rate in its last two blocks while training (MetaOptNet, "
+    "RFS: 0.1)",
+    "norm_scale_init": "how the batch-norm scales start: ones, uniform (drawn from U(0, 1), as in the "
+    "PyTorch of the papers' time and the ProtoNet reference code; docs/RESULTS.md measures it), or fixed "
+    "(at 1 and never trained, as the MAML paper's code, whose batch norm learns a shift only)",
+    "weight_init": "how convolution and linear weights start: torch's default, or xavier (Xavier-uniform "
+    "weights and zero biases, as the MAML paper's code)",
+    "input_norm": "how input images are normalised, as part of the model: none (in [0, 1]) or imagenet "
+    "(ImageNet's mean and standard deviation, as the ProtoNet and Meta-Baseline reference code)",
     "init": "start the backbone from this run's (e.g. a fewsight pretrain run's); the head is not copied",
 }
 AUGMENT_HELP = "augment training images on the device: random resized crop, flip, colour jitter"
@@ -69,6 +77,8 @@ _CHOICES = {
     "backbone": BACKBONES,
     "metric": METRICS,
     "meta_optimizer": META_OPTIMIZERS,
+    "weight_init": WEIGHT_INITS,
+    "input_norm": tuple(INPUT_NORMS),
 }
 
 

@@ -22,10 +22,13 @@ PRETRAIN_HELP = {
     "image_size": HELP["image_size"],
     "backbone": HELP["backbone"],
     "width": HELP["width"],
+    "input_norm": HELP["input_norm"],
     "drop_rate": HELP["drop_rate"] + ", ramped up from 0 over the first half (default: 0.1 for resnet12)",
     "epochs": "passes over the training images (with --resume: raise it to train longer)",
     "batch_size": "images per SGD step",
-    "lr": "initial learning rate of SGD (momentum 0.9), decayed to 0 along a cosine",
+    "lr": "initial learning rate of SGD (momentum 0.9), decayed to 0 along a cosine (or see --lr-drop-epoch)",
+    "lr_drop_epoch": "instead of the cosine, keep --lr until this epoch, then a tenth of it (Meta-Baseline's "
+    "classifier: 90 of 100 epochs; 0: the cosine)",
     "weight_decay": "SGD's weight decay",
     "seed": "seed of the initialisation, the order of the images and the augmentation",
     "val_episodes": "5-way 1-shot validation episodes (nearest centroid) after every epoch",
@@ -49,6 +52,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     config_flags(parser, PretrainConfig(), PRETRAIN_HELP, unset=("image_size", "drop_rate"))
     parser.add_argument("--trainval", action="store_true", help="train on train+val classes; no validation")
     parser.add_argument("--augment", action="store_true", help=AUGMENT_HELP)
+    parser.add_argument(
+        "--no-jitter",
+        dest="jitter",
+        action="store_false",
+        help="--augment without the colour jitter: crop and flip only (Meta-Baseline's classifier)",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs that support it)")
     parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -64,6 +64,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="MAML++: learn one inner step size per parameter tensor and per inner step",
     )
     parser.add_argument(
+        "--adapt-norm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="maml, fomaml, mamlpp: the inner loop adapts the batch-norm scales and shifts too (default: on; "
+        "--no-adapt-norm leaves them out, meta-learned only, as the MAML paper's code)",
+    )
+    parser.add_argument(
         "--per-step-bn",
         action="store_true",
         help="MAML++: a batch-norm scale and shift for every inner step, meta-learned, not adapted",
@@ -127,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
             values[name] = REGISTRY[args.algorithm].inner_steps or getattr(DEFAULTS, name)
     if args.init:
         values["init"] = str(Path(args.init).resolve())
-    config = RunConfig(**{**values, "transductive": not args.non_transductive})
+    config = RunConfig(**{**values, "transductive": not args.non_transductive, "adapt_norm": args.adapt_norm})
     config.validate()
     device = pick_device(args.device)
     try:

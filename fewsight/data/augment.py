@@ -86,7 +86,10 @@ def augment(
 ) -> torch.Tensor:
     """Randomly augmented images (B, C, H, W) in [0, 1], same shape; `generator` lives on their device."""
     settings = settings or Augment()
-    return _jitter(_crop_and_flip(images, settings, generator), settings, generator)
+    images = _crop_and_flip(images, settings, generator)
+    if settings.brightness or settings.contrast or settings.saturation:
+        images = _jitter(images, settings, generator)
+    return images
 
 
 def augment_tasks(batch: TaskBatch, generator: torch.Generator, settings: Augment | None = None) -> TaskBatch:

@@ -151,14 +151,6 @@ def with_context(
     return network(torch.cat([context, x]), context_size=context.shape[0], **kwargs)[context.shape[0] :]
 
 
-def uniform_scales(network: nn.Module) -> None:
-    """Draw every TaskBatchNorm scale from U(0, 1), as PyTorch did before 1.2 and the ProtoNet
-    reference code still does (with squared-Euclidean logits the scales act as a temperature)."""
-    for module in network.modules():
-        if isinstance(module, TaskBatchNorm):
-            nn.init.uniform_(module.weight)
-
-
 def replace_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of `model` whose torch BatchNorm layers are TaskBatchNorm with the same scale and shift.
 

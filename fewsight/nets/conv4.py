@@ -104,11 +104,13 @@ class Conv4(nn.Module):
         self.channels = hidden
         self.block_channels = channels[1:]
         self.head = nn.Identity() if ways is None else nn.Linear(self.feature_size, ways)
+        self.input_norm: nn.Module = nn.Identity()  # fewsight.nets.inputs: set by the run's config
 
     def features(
         self, x: torch.Tensor, context_size: int | None = None, films: list[Film] | None = None
     ) -> torch.Tensor:
         """Flattened backbone features (B, feature_size); `films` conditions each block."""
+        x = self.input_norm(x)
         for index, block in enumerate(self.blocks):
             x = block(x, context_size, None if films is None else films[index])
         return x.flatten(1)

@@ -1,5 +1,6 @@
-"""ResNet-12: the backbone of MetaOptNet, RFS and Meta-Baseline (widths 64-160-320-640), with the
-same interface as Conv4 and task batch norm, so that every algorithm can use it functionally."""
+"""ResNet-12: the backbone of MetaOptNet and RFS (widths 64-160-320-640) and of Meta-Baseline
+(64-128-256-512), with the same interface as Conv4 and task batch norm, so that every algorithm can
+use it functionally."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from fewsight.nets.conv import SameConv2d
 from fewsight.nets.conv4 import Film
 from fewsight.nets.dropblock import drop_block
 
-WIDTHS = (64, 160, 320, 640)
+WIDTHS = (64, 160, 320, 640)  # MetaOptNet, RFS
+NARROW_WIDTHS = (64, 128, 256, 512)  # Meta-Baseline and Classifier-Baseline (backbone resnet12-512)
 DROPBLOCK_SIZE = 5
 
 
@@ -56,16 +58,22 @@ class ResNet12(nn.Module):
     """Four ResidualBlocks, global average pooling, then a linear classifier over `ways` classes (or
     none: `ways=None`). Features (B, widths[-1]): 640 with the paper widths, for any image size >= 16.
 
-    `width` scales all widths (0.125 gives 8-20-40-80, for fast tests). DropBlock (block size 5, as in
+    `widths` are the blocks' channels, `width` scales them all (0.125 gives 8-20-40-80, for fast
+    tests). DropBlock (block size 5, as in
     MetaOptNet and RFS) acts in the last two blocks while training, at `drop_rate`; change the rate
     during training with `set_drop_rate` (pre-training ramps it up). `.eval()` switches it off.
     """
 
     def __init__(
-        self, ways: int | None, in_channels: int = 3, width: float = 1.0, drop_rate: float = 0.0
+        self,
+        ways: int | None,
+        in_channels: int = 3,
+        width: float = 1.0,
+        drop_rate: float = 0.0,
+        widths: tuple[int, ...] = WIDTHS,
     ) -> None:
         super().__init__()
-        widths = [max(1, round(width * w)) for w in WIDTHS]
+        widths = [max(1, round(width * w)) for w in widths]
         self.block_channels = widths
         sizes = [in_channels, *widths]
         self.blocks = nn.ModuleList(
@@ -74,6 +82,7 @@ class ResNet12(nn.Module):
         )
         self.feature_size = self.channels = widths[-1]
         self.head = nn.Identity() if ways is None else nn.Linear(self.feature_size, ways)
+        self.input_norm: nn.Module = nn.Identity()  # fewsight.nets.inputs: set by the run's config
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
@@ -88,6 +97,7 @@ class ResNet12(nn.Module):
         self, x: torch.Tensor, context_size: int | None = None, films: list[Film] | None = None
     ) -> torch.Tensor:
         """Average-pooled backbone features (B, feature_size); `films` conditions each block."""
+        x = self.input_norm(x)
         for index, block in enumerate(self.blocks):
             x = block(x, context_size, None if films is None else films[index])
         return x.mean(dim=(2, 3))

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from fewsight.nets.batchnorm import TaskBatchNorm
+
 # Modules whose forward calls one of the functions rewritten here.
 TORCH_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm)
 
@@ -139,6 +141,17 @@ def calls_torch_norms(model: nn.Module) -> bool:
         isinstance(m, TORCH_NORMS) or not type(m).__module__.startswith(("torch.", "fewsight."))
         for m in model.modules()
     )
+
+
+def norm_parameters(model: nn.Module) -> list[str]:
+    """Names of the scales and shifts of the model's norm layers (fewsight's, torch's and group norm)."""
+    norms = (TaskBatchNorm, nn.GroupNorm, *TORCH_NORMS)
+    return [
+        f"{name}.{part}"
+        for name, m in model.named_modules()
+        if isinstance(m, norms)
+        for part, _ in m.named_parameters(recurse=False)
+    ]
 
 
 def running_statistics_layers(model: nn.Module) -> list[str]:

@@ -32,7 +32,7 @@ GRADIENT = "maml"  # the MAML family: a head over the training ways, adapted by 
 MODEL = "model-based"  # a head predicted from the support set, for any number of ways
 
 # Settings that apply to some algorithms only (the `options` of a row).
-BASE_MIX, METRIC = "base_mix", "metric"
+BASE_MIX, METRIC, ADAPT_NORM = "base_mix", "metric", "adapt_norm"
 MAMLPP_SWITCHES = ("multi_step_loss", "learned_inner_lr", "per_step_bn", "first_order_steps")
 MEMORY_LEVERS = ("task_chunk", "checkpoint_inner", "task_loop")
 
@@ -67,6 +67,7 @@ def _gradient_options(config: RunConfig) -> dict:
 def _maml(config: RunConfig, backbone: nn.Module) -> MAML:
     return MAML(
         backbone,
+        adapt_norm=config.adapt_norm,
         first_order=config.algorithm == "fomaml",
         multi_step_loss=config.multi_step_loss,
         learned_rates=config.learned_inner_lr,
@@ -99,15 +100,15 @@ def _hypernet(config: RunConfig, backbone: nn.Module) -> TaskHypernetwork:
 
 
 REGISTRY: dict[str, Algorithm] = {
-    "maml": Algorithm(GRADIENT, _maml, (*MAMLPP_SWITCHES, *MEMORY_LEVERS)),
-    "fomaml": Algorithm(GRADIENT, _maml, (*MAMLPP_SWITCHES, *MEMORY_LEVERS)),
+    "maml": Algorithm(GRADIENT, _maml, (*MAMLPP_SWITCHES, *MEMORY_LEVERS, ADAPT_NORM)),
+    "fomaml": Algorithm(GRADIENT, _maml, (*MAMLPP_SWITCHES, *MEMORY_LEVERS, ADAPT_NORM)),
     "metasgd": Algorithm(GRADIENT, lambda c, b: MetaSGD(b, **_gradient_options(c)), MEMORY_LEVERS),
     "anil": Algorithm(GRADIENT, lambda c, b: ANIL(b, **_gradient_options(c)), MEMORY_LEVERS),
     "reptile": Algorithm(GRADIENT, lambda c, b: Reptile(b, **_gradient_options(c)), bench=False),
     "mamlpp": Algorithm(
         GRADIENT,
         _mamlpp,
-        (*MAMLPP_SWITCHES, *MEMORY_LEVERS),
+        (*MAMLPP_SWITCHES, *MEMORY_LEVERS, ADAPT_NORM),
         preset=mamlpp_preset,
         inner_steps=5,  # as in the MAML++ paper
         bench=False,

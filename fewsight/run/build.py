@@ -10,9 +10,10 @@ from fewsight.data import LabelledImages, load_omniglot
 from fewsight.data.folder import labelled_files, load_image_files, split_classes
 from fewsight.data.miniimagenet import load_miniimagenet
 from fewsight.nets import Conv4, ResNet12
-from fewsight.nets.batchnorm import uniform_scales
+from fewsight.nets.init import fixed_scales, uniform_scales, xavier_weights
+from fewsight.nets.inputs import input_norm
 from fewsight.run.algorithms import REGISTRY
-from fewsight.run.config import CHANNELS, DATASETS, MODEL_BASED, RunConfig
+from fewsight.run.config import CHANNELS, DATASETS, MODEL_BASED, RESNET12_WIDTHS, RunConfig
 
 
 def channels(config: RunConfig) -> int:
@@ -45,13 +46,19 @@ def load_split(
 
 def build_backbone(config: RunConfig, ways: int | None) -> Conv4 | ResNet12:
     """The run's backbone, with a linear head over `ways` classes (None: features only)."""
-    if config.backbone == "resnet12":
-        backbone: Conv4 | ResNet12 = ResNet12(ways, channels(config), config.width, config.drop_rate)
+    if config.backbone in RESNET12_WIDTHS:
+        widths = RESNET12_WIDTHS[config.backbone]
+        backbone: Conv4 | ResNet12 = ResNet12(ways, channels(config), config.width, config.drop_rate, widths)
     else:
         hidden = _conv4_channels(config)
         backbone = Conv4(ways, in_channels=channels(config), hidden=hidden, image_size=config.image_size)
+    backbone.input_norm = input_norm(config.input_norm)
+    if config.weight_init == "xavier":
+        xavier_weights(backbone)
     if config.norm_scale_init == "uniform":
         uniform_scales(backbone)
+    elif config.norm_scale_init == "fixed":
+        fixed_scales(backbone)
     return backbone
 
 

@@ -10,7 +10,10 @@ from pathlib import Path
 from fewsight.algorithms.protonet import METRICS
 from fewsight.data.omniglot import DRAWERS, DRAWING_SIZE, PROTOCOLS
 from fewsight.errors import FewsightError
+from fewsight.nets.inputs import INPUT_NORMS
+from fewsight.nets.resnet12 import NARROW_WIDTHS, WIDTHS
 from fewsight.run.algorithms import (
+    ADAPT_NORM,
     BASE_MIX,
     GRADIENT,
     MAMLPP_SWITCHES,
@@ -28,9 +31,11 @@ GRADIENT_BASED = tuple(name for name, a in REGISTRY.items() if a.family == GRADI
 MODEL_BASED = tuple(name for name, a in REGISTRY.items() if a.family == MODEL)
 DATASETS = ("omniglot", "miniimagenet")
 CHANNELS = {"omniglot": 1, "miniimagenet": 3}  # a user's own data set: 3 (RGB)
-BACKBONES = ("conv4", "resnet12")
+RESNET12_WIDTHS = {"resnet12": WIDTHS, "resnet12-512": NARROW_WIDTHS}  # their blocks' channels
+BACKBONES = ("conv4", *RESNET12_WIDTHS)
 DEFAULT_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84}  # a user's own data set: 84
-NORM_SCALE_INITS = ("ones", "uniform")  # see fewsight.nets.batchnorm.uniform_scales
+NORM_SCALE_INITS = ("ones", "uniform", "fixed")  # see fewsight.run.build.build_backbone
+WEIGHT_INITS = ("torch", "xavier")  # see fewsight.nets.init.xavier
 META_OPTIMIZERS = ("adam", "sgd")  # see fewsight.training.metatrain.meta_optimizer
 
 
@@ -81,7 +86,10 @@ class RunConfig:
     backbone: str = "conv4"
     width: float = 1.0
     drop_rate: float = 0.0
-    norm_scale_init: str = "ones"  # batch-norm scales start at 1, or drawn from U(0, 1) ("uniform")
+    norm_scale_init: str = "ones"  # batch-norm scales start at 1, drawn from U(0, 1), or "fixed" at 1
+    weight_init: str = "torch"  # torch's default initialisation, or "xavier" (MAML's code)
+    input_norm: str = "none"  # images go in in [0, 1], or normalised with ImageNet's statistics
+    adapt_norm: bool = True  # the MAML family: the inner loop adapts the batch-norm scales and shifts too
     augment: bool = False
     init: str = ""  # the run whose backbone weights started this one
 
@@ -175,11 +183,20 @@ class RunConfig:
             )
         check_seed(self.seed)
         check_backbone(self.backbone, self.width, self.drop_rate)
-        if self.norm_scale_init not in NORM_SCALE_INITS:
+        if not self.adapt_norm and self.algorithm not in taking(ADAPT_NORM):
             raise FewsightError(
-                f"unknown --norm-scale-init {self.norm_scale_init!r}; "
-                f"use one of {', '.join(NORM_SCALE_INITS)}"
+                f"--no-adapt-norm applies to --algorithm {in_words(taking(ADAPT_NORM), 'or')} only; drop it"
             )
+        checked = (
+            ("norm_scale_init", NORM_SCALE_INITS),
+            ("weight_init", WEIGHT_INITS),
+            ("input_norm", INPUT_NORMS),
+        )
+        for name, known in checked:
+            value = getattr(self, name)
+            if value not in known:
+                flag = name.replace("_", "-")
+                raise FewsightError(f"unknown --{flag} {value!r}; use one of {', '.join(known)}")
 
     def save(self, folder: Path) -> None:
         """Write config.json into the run folder, atomically."""
@@ -223,5 +240,5 @@ def check_backbone(backbone: str, width: float, drop_rate: float) -> None:
         raise FewsightError("--width must be a positive number (1 for the papers' widths)")
     if not 0 <= drop_rate < 1:
         raise FewsightError("--drop-rate is a probability: use a value in [0, 1)")
-    if drop_rate > 0 and backbone != "resnet12":
-        raise FewsightError("--drop-rate applies to --backbone resnet12 only")
+    if drop_rate > 0 and backbone not in RESNET12_WIDTHS:
+        raise FewsightError(f"--drop-rate applies to --backbone {' or '.join(RESNET12_WIDTHS)} only")

@@ -15,6 +15,7 @@ import torch
 from fewsight.algorithms import MetaLearner
 from fewsight.errors import FewsightError
 from fewsight.run.build import build_learner
+from fewsight.run.compact import dequantise
 from fewsight.run.config import RunConfig
 from fewsight.run.files import BEST, CONFIG, LATEST, DamagedFile, numbered, read_checkpoint
 
@@ -212,7 +213,7 @@ def load_learner(
     config.validate()
     learner = build_learner(config).to(device)
     try:
-        learner.load_state_dict(load_checkpoint(folder, device, weights)["learner"])
-    except (RuntimeError, TypeError) as error:
+        learner.load_state_dict(dequantise(load_checkpoint(folder, device, weights)["learner"]))
+    except (RuntimeError, TypeError, KeyError) as error:
         raise FewsightError(f"{folder}: the checkpoint does not fit the run's config.json") from error
     return config, learner

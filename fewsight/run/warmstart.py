@@ -32,10 +32,16 @@ def backbone_weights(backbone: nn.Module) -> dict[str, torch.Tensor]:
 def run_backbone(run: Path, config: RunConfig | None = None) -> dict[str, torch.Tensor]:
     """The backbone weights (head excluded) of a pre-training or training run folder, on the CPU;
     with `config`, checked to fit the backbone that config builds (before any data is loaded)."""
-    _, learner = load_learner(Path(run), "cpu")
+    source, learner = load_learner(Path(run), "cpu")
     weights = backbone_weights(backbone_of(learner))
     if config is not None:
         _check_fits(weights, build_backbone(config, None), str(run))
+        if source.input_norm != config.input_norm:
+            theirs, ours = source.input_norm, config.input_norm
+            raise FewsightError(
+                f"--init {run}: its backbone takes input images normalised by --input-norm {theirs}, "
+                f"this run's by {ours}; use --input-norm {theirs}"
+            )
     return weights
 
 

@@ -60,14 +60,16 @@ def _eager_step(
 def meta_optimizer(learner: MetaLearner, config: RunConfig, graphs: bool) -> torch.optim.Optimizer:
     """The meta-update's optimiser: Adam (recordable in a CUDA graph when `graphs`), or SGD with
     momentum, as Meta-Baseline's meta-training stage uses. With --meta-grad-clip it clips the
-    gradients first, inside its step: after the processes' average and inside a recorded graph."""
+    gradients first, inside its step: after the processes' average and inside a recorded graph.
+    Frozen parameters (--norm-scale-init fixed) are left out."""
+    trained = [p for p in learner.parameters() if p.requires_grad]
     if config.meta_optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            learner.parameters(), lr=config.meta_lr, momentum=MOMENTUM, weight_decay=config.weight_decay
+            trained, lr=config.meta_lr, momentum=MOMENTUM, weight_decay=config.weight_decay
         )
     else:
         optimizer = torch.optim.Adam(
-            learner.parameters(), lr=config.meta_lr, weight_decay=config.weight_decay, capturable=graphs
+            trained, lr=config.meta_lr, weight_decay=config.weight_decay, capturable=graphs
         )
     if config.meta_grad_clip:
         limit = config.meta_grad_clip

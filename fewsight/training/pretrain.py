@@ -1,8 +1,9 @@
 """Base-class pre-training: ordinary supervised training of a backbone and a linear head over all the
 training classes (64 for miniImageNet), the recipe behind Baseline++, RFS and Meta-Baseline.
 
-SGD with momentum 0.9 and weight decay, a cosine learning-rate schedule, optional augmentation on the
-device, bf16 autocast and channels-last on GPUs. The run folder is also a ProtoNet run: its config.json
+SGD with momentum 0.9 and weight decay, a cosine learning-rate schedule (or Meta-Baseline's tenfold
+drop at one epoch), optional augmentation on the device, bf16 autocast and channels-last on GPUs.
+The run folder is also a ProtoNet run: its config.json
 is a RunConfig (algorithm protonet) with the pre-training settings under "pretrain", and its
 checkpoint's "learner" holds the ProtoNet's weights, that is, the backbone. So `fewsight eval RUN`
 scores the pre-trained backbone as a nearest-centroid classifier (Meta-Baseline's Classifier-Baseline,
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewsight.data import EpisodeSampler
-from fewsight.data.augment import augment
+from fewsight.data.augment import Augment, augment
 from fewsight.errors import FewsightError
 from fewsight.run.build import assign_classes, build_learner, load_split
 from fewsight.run.config import RunConfig
@@ -59,12 +60,15 @@ class PretrainConfig:
     image_size: int = 84
     backbone: str = "resnet12"
     width: float = 1.0
+    input_norm: str = "none"
     drop_rate: float = 0.1
     epochs: int = 100
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 5e-4
     augment: bool = False
+    jitter: bool = True  # colour jitter as part of --augment (Meta-Baseline's classifier has none)
+    lr_drop_epoch: int = 0  # 0: the cosine schedule; else the rate times 0.1 from this epoch on
     bf16: bool = False
     seed: int = 0
     trainval: bool = False
@@ -89,6 +93,10 @@ class PretrainConfig:
             raise FewsightError("--lr must be positive and finite")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise FewsightError("--weight-decay must be zero or positive")
+        if not isinstance(self.lr_drop_epoch, int) or self.lr_drop_epoch < 0:
+            raise FewsightError("--lr-drop-epoch must be 0 (the cosine schedule) or an epoch number")
+        if not self.jitter and not self.augment:
+            raise FewsightError("--no-jitter changes --augment: add --augment, or drop --no-jitter")
 
     def save(self, folder: Path) -> None:
         """Write config.json: the ProtoNet RunConfig, with these settings under "pretrain"."""
@@ -143,7 +151,7 @@ def pretrain(
         resume,
         length="epochs",
         adjustable=("log_every", "val_episodes", "checkpoint_every"),  # may change on resume
-        cosine=lambda saved: True,
+        cosine=lambda saved: not saved.lr_drop_epoch,
         keys=_RESUMABLE,
         why_not="fewsight pretrain did not write it, so it cannot be resumed",
         device=device,
@@ -187,6 +195,13 @@ def pretrain(
         order = state["order"].to(device)
         generator.set_state(state["generator"].cpu())
 
+    settings = Augment() if config.jitter else Augment(brightness=0, contrast=0, saturation=0)
+
+    def learning_rate(number: int) -> float:
+        if config.lr_drop_epoch:  # Meta-Baseline's classifier: 0.1, then 0.01 from epoch 90 of 100
+            return config.lr * (0.1 if number > (config.lr_drop_epoch - 1) * per_epoch else 1.0)
+        return cosine_lr(config.lr, number, total, floor_fraction=0.0)
+
     def step(number: int) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal order
         index = (number - 1) % per_epoch
@@ -195,11 +210,11 @@ def pretrain(
         chosen = order[index * config.batch_size : (index + 1) * config.batch_size]
         x, y = images[chosen].float() / 255, labels[chosen]
         if config.augment:
-            x = augment(x, generator)
+            x = augment(x, generator, settings)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(config.lr, number, total, floor_fraction=0.0)
+            group["lr"] = learning_rate(number)
         if hasattr(backbone, "set_drop_rate"):
             backbone.set_drop_rate(config.drop_rate * min(1.0, number / (DROP_RAMP * total)))
         with autocast(device, config.bf16):
@@ -236,7 +251,7 @@ def pretrain(
         fix="lower --lr",
         columns=lambda number: {
             "epoch": number / per_epoch,
-            "lr": cosine_lr(config.lr, number, total, floor_fraction=0.0),
+            "lr": learning_rate(number),
         },
         log_at=end_of_epoch,
         validate=validate,
