@@ -50,13 +50,20 @@ def test_two_processes_give_the_single_process_meta_gradient(omniglot_train, tmp
     assert (averaged - single).norm() / single.norm() < 1e-12
 
 
-def assert_same_weights(one: dict, two: dict) -> None:
+def assert_same_weights(one: dict, two: dict, noisy: float = 0.0, steps: int = 3, lr: float = 1e-3) -> None:
     """Equal to float32 rounding, except the convolution biases that feed batch norm: their exact
     gradient is zero, so the computed one is rounding noise, which Adam scales up to steps of
-    ±learning rate whose signs depend on the order of the sums."""
+    ±learning rate whose signs depend on the order of the sums. On a GPU a few other elements have
+    gradients at the noise level too (one of 36,864 in a Conv4 layer, seen on an H200): a fraction
+    `noisy` of each tensor may differ, by at most Adam's largest move, `steps` x `lr`."""
     for name in one:
-        if not name.endswith("conv.bias"):
+        if name.endswith("conv.bias"):
+            continue
+        close = torch.isclose(two[name], one[name], rtol=1e-5, atol=1e-6)
+        if noisy == 0:
             torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
+        assert (~close).float().mean() <= noisy, f"{name}: {int((~close).sum())} elements differ"
+        assert ((two[name] - one[name]).abs() <= steps * lr).all(), name
 
 
 def _fewsight(args: list[str], processes: int, cwd) -> None:
@@ -214,4 +221,4 @@ def test_torchrun_training_with_cuda_graphs_equals_one_process(omniglot_train, t
     metatrain.train(RunConfig(**settings), tmp_path / "one", device="cuda", progress=False)
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["learner"]
     two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["learner"]
-    assert_same_weights(one, two)
+    assert_same_weights(one, two, noisy=1e-3)
