@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,24 @@ def train_tiny(run: Path, *extra: str) -> None:
 
     flags = ["--steps", "2", "--meta-batch", "1", "--queries", "1", "--log-every", "1", "--quiet"]
     assert main(["train", *flags, "--device", "cpu", *extra, "--out", str(run)]) == 0
+
+
+class Rerun:
+    """Stands in for a CUDA graph on the CPU: `replay` runs the step again and copies its results into
+    the outputs of the recording, as a replay overwrites them."""
+
+    def __init__(self, step: Callable[[], object], outputs: object) -> None:
+        self.step, self.outputs = step, outputs
+
+    def replay(self) -> None:
+        fresh = self.step()
+        for output, value in zip(self.outputs or (), fresh or (), strict=True):
+            output.copy_(value)
+
+
+def capture_eagerly(step: Callable[[], object], warmup: int = 3) -> tuple[Rerun, object]:
+    """`graphs.capture` without CUDA: the warm-up runs and the recording run the step for real."""
+    for _ in range(warmup):
+        step()
+    outputs = step()
+    return Rerun(step, outputs), outputs

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from fewsight.training import graphs, metatrain
 from fewsight.training.distributed import average_gradients, share
 from fewsight.training.graphs import GraphedTrainingStep, set_learning_rate
 from fewsight.training.schedules import cosine_lr
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, capture_eagerly
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
@@ -126,27 +125,6 @@ def _join(rank: int, port: int, where: str) -> torch.device:
     return device
 
 
-class _Rerun:
-    """Stands in for a CUDA graph on the CPU: `replay` runs the step again and copies its results into
-    the outputs of the recording, as a replay overwrites them."""
-
-    def __init__(self, step: Callable[[], object], outputs: object) -> None:
-        self.step, self.outputs = step, outputs
-
-    def replay(self) -> None:
-        fresh = self.step()
-        for output, value in zip(self.outputs or (), fresh or (), strict=True):
-            output.copy_(value)
-
-
-def _capture_eagerly(step: Callable[[], object], warmup: int = 3) -> tuple[_Rerun, object]:
-    """`graphs.capture` without CUDA: the warm-up runs and the recording run the step for real."""
-    for _ in range(warmup):
-        step()
-    outputs = step()
-    return _Rerun(step, outputs), outputs
-
-
 def _train_mamlpp(device: torch.device, graphed: bool) -> dict[str, torch.Tensor]:
     """3 steps of MAML++ in float64 on this process's share of meta-batches of 4 tasks, through a
     GraphedTrainingStep or eagerly; the weights. Its schedules change the loss weights and the
@@ -176,7 +154,7 @@ def _train_mamlpp(device: torch.device, graphed: bool) -> dict[str, torch.Tensor
 def _graphed_training_in_process(rank: int, port: int, where: str, out: str) -> None:
     device = _join(rank, port, where)
     if device.type == "cpu":
-        graphs.capture = _capture_eagerly  # this spawned process's own module
+        graphs.capture = capture_eagerly  # this spawned process's own module
     weights = _train_mamlpp(device, graphed=True)
     if rank == 0:
         torch.save(weights, out)

@@ -123,3 +123,25 @@ def test_maml_schedules_reach_a_graph_through_tensors_and_variants():
         torch.testing.assert_close(buffer, torch.tensor(expected))
         variants.append(learner.step_variant())
     assert variants == [(True,), (False,), (False,), (False,)]
+
+
+def test_recording_times_both_paths_keeps_the_faster_and_puts_the_weights_back(omniglot_train, monkeypatch):
+    """On the CPU, reruns of the step stand in for the graphs (tests/conftest.py)."""
+    from fewsight.training import graphs
+    from tests.conftest import capture_eagerly
+
+    monkeypatch.setattr(graphs, "capture", capture_eagerly)
+    torch.manual_seed(0)
+    learner = build_learner(RunConfig(algorithm="maml", inner_steps=2))
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    step = GraphedTrainingStep(learner, optimizer, batches(omniglot_train, 1)[0])
+    assert set(step.path_seconds) == {True, False} and all(t > 0 for t in step.path_seconds.values())
+    assert learner.replayed == min(step.path_seconds, key=step.path_seconds.get)
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    assert not next(iter(optimizer.state.values()))["exp_avg"].any()  # the optimiser as it was, too
+    protonet = build_learner(RunConfig(algorithm="protonet"))  # one path only: nothing to time
+    plain = GraphedTrainingStep(
+        protonet, torch.optim.Adam(protonet.parameters()), batches(omniglot_train, 1)[0]
+    )
+    assert plain.path_seconds is None

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fewsight.cli import main
 from fewsight.run.config import RunConfig
@@ -71,8 +72,8 @@ ENVIRONMENT = {
 }
 
 
-def run_recipe(runs: Path, recipe: str) -> None:
-    environment = {**os.environ, **ENVIRONMENT, "FEWSIGHT_DATA": str(SAMPLE)}
+def run_recipe(runs: Path, recipe: str, **overrides: str) -> None:
+    environment = {**os.environ, **ENVIRONMENT, "FEWSIGHT_DATA": str(SAMPLE), **overrides}
     subprocess.run(["bash", str(SCRIPT), str(runs), recipe], env=environment, check=True, timeout=600)
 
 
@@ -107,3 +108,21 @@ def test_a_reference_recipe_runs_on_the_sample_with_its_settings(runs, recipe):
     assert (runs / f"{recipe}.done").exists(), (runs / f"{recipe}.log").read_text()
     scored = json.loads((runs / f"{recipe}.eval-{shots}shot.json").read_text())
     assert (scored["episodes"], scored["shots"], scored["step"]) == (2, shots, 2) and 0 <= scored["mean"] <= 1
+
+
+def test_snells_final_model_trains_on_train_and_val_for_the_best_validated_steps(tmp_path):
+    if not SAMPLE.is_dir():
+        pytest.skip("../shared/data/miniimagenet-sample is not here")
+    longer = SHORT.replace("--steps 2", "--steps 4")
+    run_recipe(tmp_path, "protonet-ref-1shot", EXTRA_FLAGS=longer)
+    best = torch.load(tmp_path / "protonet-ref-1shot" / "best.pt", weights_only=True)["step"]
+    run_recipe(tmp_path, "protonet-ref-trainval-1shot", EXTRA_FLAGS=SHORT.replace("--steps 2", ""))
+    config = RunConfig.load(tmp_path / "protonet-ref-trainval-1shot")
+    assert config.trainval and config.steps == best and config.joint_statistics
+    assert (tmp_path / "protonet-ref-trainval-1shot.eval-1shot.json").exists()
+    missing = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "none"), "protonet-ref-trainval-5shot"],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "run recipe protonet-ref-5shot first" in missing.stderr

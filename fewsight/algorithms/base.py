@@ -25,10 +25,16 @@ class MetaLearner(nn.Module):
     Subclasses implement `query_logits` (all tasks of a batch at once) and `adapt` (one task).
     `.train()` and `.eval()` switch between meta-training and meta-test behaviour, as in PyTorch.
     `replayed` is True while the meta-step is recorded and replayed as a CUDA graph, where the Python
-    a path runs costs nothing: a learner may then take the path with the faster kernels.
+    a path runs costs nothing: a learner may then take another path, with other kernels. Where it has
+    one (`has_replayed_path`), the recording times both paths and keeps the faster
+    (`fewsight.training.graphs.GraphedTrainingStep`).
     """
 
     replayed = False
+
+    def has_replayed_path(self) -> bool:
+        """Whether `replayed` changes the path a recorded step takes."""
+        return False
 
     def query_logits(self, batch: TaskBatch) -> torch.Tensor:
         """Logits (T, N*Q, N) of every task's queries after adapting to its support set."""

@@ -398,6 +398,9 @@ class MAML(MetaLearner):
             )
             self.per_task = True
 
+    def has_replayed_path(self) -> bool:
+        return not self.checkpoint_inner  # with it, the replayed path is never taken (step_logits)
+
     def step_logits(self, batch: TaskBatch, every_step: bool) -> torch.Tensor:
         """Query logits (T, K, N*Q, N) after every inner step (K = steps) or after the last (K = 1)."""
         params = dict(self.model.named_parameters())
@@ -405,7 +408,8 @@ class MAML(MetaLearner):
         inputs = (batch.support_x, batch.support_y, batch.query_x)
         if self.replayed and not (self.checkpoint_inner and torch.is_grad_enabled()):
             # Replayed from a CUDA graph: vmap over torch.func.grad, two transform levels, whose
-            # kernels run faster on the GPU (docs/BENCHMARKS.md); eagerly, one level runs less Python.
+            # kernels run faster on the GPU for some shapes (Omniglot, docs/BENCHMARKS.md; the
+            # recording times both paths); eagerly, one level runs less Python.
             # Not with checkpoint_inner: its recomputation would run torch's norms outside
             # WrittenOutNorms, under torch.func.grad, where their meta-gradient is wrong.
             task = partial(self._task_logits, self.inner_step, params, steps, every_step)

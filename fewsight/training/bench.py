@@ -124,11 +124,12 @@ def fewsight_implementation(per_task: bool, bf16: bool = False) -> Implementatio
     return make
 
 
-def graphed_implementation() -> Implementation:
-    """fewsight's vmapped meta-gradient recorded once as a CUDA graph and replayed."""
+def graphed_implementation(replayed: bool = True) -> Implementation:
+    """fewsight's vmapped meta-gradient recorded once as a CUDA graph and replayed; `replayed` picks
+    the learner's path where it has two (training times both and keeps the faster)."""
 
     def make(learner: MetaLearner, batch: TaskBatch) -> MetaGradient:
-        learner.per_task, learner.replayed = False, True  # as GraphedTrainingStep does
+        learner.per_task, learner.replayed = False, replayed
         static = static_copy(batch)
 
         def step() -> None:
@@ -153,6 +154,8 @@ def implementations(case: Case) -> dict[str, Implementation]:
     found = {"fewsight vmap": fewsight_implementation(per_task=False)}
     if torch.cuda.is_available():
         found["fewsight vmap + CUDA graph"] = graphed_implementation()
+        if case.algorithm == "maml" and not dict(case.options).get("checkpoint_inner"):
+            found["fewsight vmap + CUDA graph, one-level path"] = graphed_implementation(replayed=False)
     if case.options:  # a memory lever: compared with the plain rows of the same setting
         if dict(case.options).get("task_chunk") == 1:  # one task at a time with plain autograd,
             found["per-task loop"] = fewsight_implementation(per_task=True)  # as learn2learn does

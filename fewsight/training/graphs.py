@@ -4,6 +4,7 @@ kernels themselves; a replay launches them all at once, with no Python in betwee
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
@@ -33,6 +34,11 @@ def capture(step: Callable[[], T], warmup: int = 3) -> tuple[torch.cuda.CUDAGrap
     return graph, outputs
 
 
+def _wait(outputs: tuple[torch.Tensor, ...]) -> None:
+    """Wait until the device has computed `outputs` (a host copy of one number)."""
+    outputs[0].item()
+
+
 def static_copy(batch: TaskBatch) -> TaskBatch:
     """A meta-batch whose tensors a graph reads; `load` refills them in place."""
     return TaskBatch(*(None if t is None else t.clone() for t in _tensors(batch)))
@@ -57,7 +63,8 @@ class GraphedTrainingStep:
     loss weights, the learning rate) are read from tensors the graph reads; when the learner's
     `step_variant()` changes, the step is recorded again. The warm-up runs that capturing needs would
     move the weights, so the learner's and optimiser's tensors are put back before recording: training
-    goes on exactly as without the graph.
+    goes on exactly as without the graph. A learner with two paths for a recorded step (MAML:
+    `has_replayed_path`) has both recorded and timed the first time, and the faster one is kept.
 
     Under torchrun every process records its own share of the meta-batch. Collectives are not
     recorded, so there the step is two graphs: the first ends with the process's meta-gradient in
@@ -74,6 +81,7 @@ class GraphedTrainingStep:
     ) -> None:
         self.learner, self.optimizer, self.autocast = learner, optimizer, autocast
         learner.replayed = True  # the learner may take its path with the faster kernels
+        self.path_seconds: dict[bool, float] | None = None  # per path, where `_choose_path` timed them
         for group in optimizer.param_groups:  # in the parameters' dtype: float64 training stays exact
             like = group["params"][0]
             group["lr"] = torch.tensor(float(group["lr"]), dtype=like.dtype, device=like.device)
@@ -81,17 +89,52 @@ class GraphedTrainingStep:
         self._record()
 
     def _record(self) -> None:
-        self.graph = self.outputs = self.update = None  # the previous recording's memory goes back first
         self.variant = self.learner.step_variant()
         saved = _snapshot(self.learner, self.optimizer)
         try:
-            if world()[1] == 1:
-                self.graph, self.outputs = capture(self._step)
+            if self.learner.has_replayed_path() and self.path_seconds is None:
+                self._choose_path(saved)
             else:
-                self.graph, self.outputs = capture(self._gradients)
-                self.update, _ = capture(self.optimizer.step)
+                self._capture()
         finally:
             _restore(saved)
+
+    def _capture(self) -> None:
+        """Record the step as it now runs (the previous recording's memory goes back first)."""
+        self.graph = self.outputs = self.update = None
+        if world()[1] == 1:
+            self.graph, self.outputs = capture(self._step)
+        else:
+            self.graph, self.outputs = capture(self._gradients)
+            self.update, _ = capture(self.optimizer.step)
+
+    def _choose_path(self, saved: list[tuple[torch.Tensor, torch.Tensor]], replays: int = 5) -> None:
+        """Record each of the learner's paths in turn and time `replays` replays of it; keep the faster.
+        Which one that is depends on the shapes (docs/BENCHMARKS.md: MAML's replayed path on Omniglot,
+        its eager-style path on miniImageNet); both give the same meta-gradient. The weights are put
+        back after each timing."""
+        self.path_seconds = {}
+        for path in (True, False):
+            self.learner.replayed = path
+            self._capture()
+            self._replay()  # the first replay may still be slower
+            _wait(self.outputs)
+            start = time.perf_counter()
+            for _ in range(replays):
+                self._replay()
+            _wait(self.outputs)
+            self.path_seconds[path] = (time.perf_counter() - start) / replays
+            _restore(saved)
+        faster = min(self.path_seconds, key=self.path_seconds.get)
+        if faster != self.learner.replayed:
+            self.learner.replayed = faster
+            self._capture()
+
+    def _replay(self) -> None:
+        self.graph.replay()
+        if self.update is not None:  # under torchrun: average between the two replays
+            average_gradients(self.learner.parameters())
+            self.update.replay()
 
     def _gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The meta-gradient of this process's tasks into the `.grad` tensors: (loss, accuracy)."""
@@ -111,10 +154,7 @@ class GraphedTrainingStep:
         load(self.batch, batch)
         if self.learner.step_variant() != self.variant:
             self._record()
-        self.graph.replay()
-        if self.update is not None:  # under torchrun: average between the two replays
-            average_gradients(self.learner.parameters())
-            self.update.replay()
+        self._replay()
         return self.outputs
 
 
