@@ -26,10 +26,9 @@ from torch import nn
 
 import fewsight
 from fewsight.nets.init import uniform_scales
+from fewsight.nets.inputs import input_norm
 from fewsight.nets.population import estimate_population_statistics
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 VARIANTS = {  # name: (batch-norm scales drawn from U(0, 1), ImageNet input normalisation)
     "fewsight": (False, False),
     "uniform bn scale": (True, False),
@@ -38,26 +37,13 @@ VARIANTS = {  # name: (batch-norm scales drawn from U(0, 1), ImageNet input norm
 }
 
 
-class Normalised(nn.Module):
-    """An encoder whose input is normalised with a fixed per-channel mean and standard deviation."""
-
-    def __init__(self, encoder: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder((x - self.mean) / self.std)
-
-
 def build(uniform_scale: bool, imagenet: bool, seed: int) -> fewsight.ProtoNet:
     torch.manual_seed(seed)
-    encoder: nn.Module = fewsight.Conv4(ways=None, in_channels=3, hidden=64, image_size=84)
+    encoder = fewsight.Conv4(ways=None, in_channels=3, hidden=64, image_size=84)
     if uniform_scale:
         uniform_scales(encoder)  # what `fewsight train --norm-scale-init uniform` does
     if imagenet:
-        encoder = Normalised(encoder, IMAGENET_MEAN, IMAGENET_STD)
+        encoder.input_norm = input_norm("imagenet")  # what `fewsight train --input-norm imagenet` does
     return fewsight.ProtoNet(encoder)
 
 

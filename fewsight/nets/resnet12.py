@@ -59,9 +59,9 @@ class ResNet12(nn.Module):
     none: `ways=None`). Features (B, widths[-1]): 640 with the paper widths, for any image size >= 16.
 
     `widths` are the blocks' channels, `width` scales them all (0.125 gives 8-20-40-80, for fast
-    tests). DropBlock (block size 5, as in
-    MetaOptNet and RFS) acts in the last two blocks while training, at `drop_rate`; change the rate
-    during training with `set_drop_rate` (pre-training ramps it up). `.eval()` switches it off.
+    tests). DropBlock (block size 5, as in MetaOptNet and RFS) acts in the last two blocks while
+    training, at `drop_rate`; change the rate during training with `set_drop_rate` (pre-training
+    ramps it up). `.eval()` switches it off.
     """
 
     def __init__(

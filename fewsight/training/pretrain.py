@@ -3,9 +3,9 @@ training classes (64 for miniImageNet), the recipe behind Baseline++, RFS and Me
 
 SGD with momentum 0.9 and weight decay, a cosine learning-rate schedule (or Meta-Baseline's tenfold
 drop at one epoch), optional augmentation on the device, bf16 autocast and channels-last on GPUs.
-The run folder is also a ProtoNet run: its config.json
-is a RunConfig (algorithm protonet) with the pre-training settings under "pretrain", and its
-checkpoint's "learner" holds the ProtoNet's weights, that is, the backbone. So `fewsight eval RUN`
+The run folder is also a ProtoNet run: its config.json is a RunConfig (algorithm protonet) with the
+pre-training settings under "pretrain", and its checkpoint's "learner" holds the ProtoNet's weights,
+that is, the backbone. So `fewsight eval RUN`
 scores the pre-trained backbone as a nearest-centroid classifier (Meta-Baseline's Classifier-Baseline,
 with `metric="cosine"`), and `fewsight train --init RUN` starts any algorithm's backbone from it.
 """
@@ -34,7 +34,7 @@ from fewsight.training import loop
 from fewsight.training.device import autocast, default_device
 from fewsight.training.evaluate import Accuracy, evaluate
 from fewsight.training.metatrain import MOMENTUM, VALIDATION_SEED
-from fewsight.training.schedules import cosine_lr
+from fewsight.training.schedules import cosine_lr, dropped_lr
 
 DROP_RAMP = 0.5  # DropBlock's rate rises linearly to its value over this fraction of the steps
 VALIDATION_WAYS, VALIDATION_QUERIES = 5, 15  # of the 1-shot validation episodes
@@ -198,8 +198,8 @@ def pretrain(
     settings = Augment() if config.jitter else Augment(brightness=0, contrast=0, saturation=0)
 
     def learning_rate(number: int) -> float:
-        if config.lr_drop_epoch:  # Meta-Baseline's classifier: 0.1, then 0.01 from epoch 90 of 100
-            return config.lr * (0.1 if number > (config.lr_drop_epoch - 1) * per_epoch else 1.0)
+        if config.lr_drop_epoch:
+            return dropped_lr(config.lr, number, (config.lr_drop_epoch - 1) * per_epoch)
         return cosine_lr(config.lr, number, total, floor_fraction=0.0)
 
     def step(number: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Learning-rate schedules, as plain functions of the step (so a resumed run follows them exactly):
-cosine-annealed (MAML++, pre-training) or halved at intervals (Snell et al.). MAML++'s multi-step
-loss weights, a schedule of the algorithm itself, are in fewsight/algorithms/multistep.py."""
+cosine-annealed (MAML++, pre-training), halved at intervals (Snell et al.) or dropped tenfold once
+(Meta-Baseline's classifier). MAML++'s multi-step loss weights, a schedule of the algorithm itself,
+are in fewsight/algorithms/multistep.py."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ def halving_lr(base: float, step: int, every: int) -> float:
     """Learning rate of meta-step `step` (1..): `base`, halved after every `every` steps (ProtoNet's
     schedule: 1e-3, halved every 2,000 episodes)."""
     return base * 0.5 ** ((step - 1) // every)
+
+
+def dropped_lr(base: float, step: int, drop_after: int) -> float:
+    """Learning rate of step `step` (1..): `base` for the first `drop_after` steps, then a tenth of it."""
+    return base * (0.1 if step > drop_after else 1.0)
 
 
 def meta_learning_rate(base: float, step: int, total: int, cosine: bool, halve_every: int) -> float | None:
