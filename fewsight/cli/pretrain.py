@@ -27,8 +27,8 @@ PRETRAIN_HELP = {
     "epochs": "passes over the training images (with --resume: raise it to train longer)",
     "batch_size": "images per SGD step",
     "lr": "initial learning rate of SGD (momentum 0.9), decayed to 0 along a cosine (or see --lr-drop-epoch)",
-    "lr_drop_epoch": "instead of the cosine, keep --lr until this epoch, then a tenth of it (Meta-Baseline's "
-    "classifier: 90 of 100 epochs; 0: the cosine)",
+    "lr_drop_epoch": "instead of the cosine, keep --lr for this many epochs, then a tenth of it "
+    "(Meta-Baseline's classifier: 90 of 100 epochs; 0: the cosine)",
     "weight_decay": "SGD's weight decay",
     "seed": "seed of the initialisation, the order of the images and the augmentation",
     "val_episodes": "5-way 1-shot validation episodes (nearest centroid) after every epoch",

@@ -68,7 +68,7 @@ class PretrainConfig:
     weight_decay: float = 5e-4
     augment: bool = False
     jitter: bool = True  # colour jitter as part of --augment (Meta-Baseline's classifier has none)
-    lr_drop_epoch: int = 0  # 0: the cosine schedule; else the rate times 0.1 from this epoch on
+    lr_drop_epoch: int = 0  # 0: the cosine schedule; else the rate times 0.1 after this epoch
     bf16: bool = False
     seed: int = 0
     trainval: bool = False
@@ -199,7 +199,7 @@ def pretrain(
 
     def learning_rate(number: int) -> float:
         if config.lr_drop_epoch:
-            return dropped_lr(config.lr, number, (config.lr_drop_epoch - 1) * per_epoch)
+            return dropped_lr(config.lr, number, config.lr_drop_epoch * per_epoch)
         return cosine_lr(config.lr, number, total, floor_fraction=0.0)
 
     def step(number: int) -> tuple[torch.Tensor, torch.Tensor]:
