@@ -1,5 +1,5 @@
 """fewsight export --format onnx: ONNX Runtime gives the PyTorch classifier's logits on real
-Omniglot drawings and photos, to float32 rounding, for the bundled ProtoNets (the miniImageNet one
+Omniglot drawings and photos, to float32 rounding, for the bundled models (the miniImageNet Meta-Baseline
 with its fixed batch-norm statistics) and for a MAML run."""
 
 from __future__ import annotations

@@ -239,7 +239,7 @@ def test_the_bundled_miniimagenet_model_serves_colour_photos(mini_test_photos):
     by_class = mini_test_photos
     labels = list(by_class)[:3]
     with running(Session("miniimagenet", "cpu")) as url:
-        assert request(f"{url}/api/model").json()["image_size"] == 84
+        assert request(f"{url}/api/model").json()["image_size"] == 80
         for label in labels:
             assert post_json(f"{url}/api/classes", {"name": label}).status == 201
             photos = [(p.name, p.read_bytes()) for p in by_class[label][:5]]
