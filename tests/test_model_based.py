@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fewsight
 from fewsight.nets import Conv4
@@ -172,17 +173,59 @@ def test_joint_statistics_embed_support_and_queries_as_one_batch(batch64):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in joint.encoder.parameters())
 
 
-def test_joint_statistics_are_a_recorded_protonet_setting(tmp_path):
+@pytest.mark.parametrize("flag", ["--joint-statistics", "--step-statistics"])
+def test_batch_statistics_are_a_recorded_protonet_setting(tmp_path, flag):
     from fewsight.cli import main
     from fewsight.run.config import RunConfig
     from tests.test_inputs import assert_clear_error, run_cli
 
-    flags = ["--algorithm", "protonet", "--steps", "2", "--meta-batch", "1", "--queries", "1", "--quiet"]
-    assert (
-        main(["train", *flags, "--joint-statistics", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
-    )
-    assert RunConfig.load(tmp_path / "run").joint_statistics
+    flags = ["--algorithm", "protonet", "--steps", "2", "--meta-batch", "2", "--queries", "1", "--quiet"]
+    assert main(["train", *flags, flag, "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    assert getattr(RunConfig.load(tmp_path / "run"), flag[2:].replace("-", "_"))
     for wrong in (["--algorithm", "maml"], ["--algorithm", "protonet", "--non-transductive"]):
-        status, _, err = run_cli(["train", *wrong, "--joint-statistics", "--out", str(tmp_path / "bad")])
+        status, _, err = run_cli(["train", *wrong, flag, "--out", str(tmp_path / "bad")])
         assert_clear_error(status, err)
-        assert "--joint-statistics applies to --algorithm protonet, transductive" in err
+        assert f"{flag} applies to --algorithm protonet, transductive" in err
+
+
+def test_step_statistics_normalise_all_tasks_of_a_step_as_one_batch(batch64):
+    """Meta-Baseline's batching in meta-training, on a user's network of torch's own layers: every
+    image of the step's tasks shares batch-norm statistics; float64 logits and meta-gradients equal a
+    plain reference; evaluation still scores each task on its own."""
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+    ).double()
+    step = fewsight.ProtoNet(encoder, metric="cosine", step_statistics=True).double().train()
+    loss = step.meta_loss(batch64).loss
+    gradient = torch.autograd.grad(loss, list(step.parameters()))
+
+    tasks, support_size = batch64.support_x.shape[:2]
+    images = torch.cat([batch64.support_x.flatten(0, 1), batch64.query_x.flatten(0, 1)])
+    features = encoder(images)
+    support = features[: tasks * support_size].unflatten(0, (tasks, support_size))
+    queries = features[tasks * support_size :].unflatten(0, (tasks, -1))
+    expected_logits = []
+    for task in range(tasks):
+        prototypes = fewsight.algorithms.predictor.class_means(support[task], batch64.support_y[task], 5)
+        prototypes = torch.nn.functional.normalize(prototypes, dim=-1)
+        cosines = torch.nn.functional.normalize(queries[task], dim=-1) @ prototypes.T
+        expected_logits.append(step.temperature * cosines)
+    expected_logits = torch.stack(expected_logits)
+    expected_loss = F.cross_entropy(expected_logits.flatten(0, 1), batch64.query_y.flatten())
+    expected_gradient = torch.autograd.grad(expected_loss, list(step.parameters()))
+
+    torch.testing.assert_close(step.query_logits(batch64), expected_logits)
+    torch.testing.assert_close(loss, expected_loss)
+    for got, want in zip(gradient, expected_gradient, strict=True):
+        torch.testing.assert_close(got, want)
+
+    torch.manual_seed(0)
+    ours = fewsight.ProtoNet(Conv4(None), step_statistics=True).double()
+    per_task = fewsight.ProtoNet(ours.encoder).double()
+    assert not torch.allclose(ours.train().query_logits(batch64), per_task.train().query_logits(batch64))
+    torch.testing.assert_close(ours.eval().query_logits(batch64), per_task.eval().query_logits(batch64))

@@ -46,6 +46,7 @@ PROMISED = {  # recipe: settings its run must have
         "metric": "cosine",
         "meta_optimizer": "sgd",
         "meta_batch": 1,  # SHORT's; the recipe's 4
+        "step_statistics": True,
         "steps": 2,
     },
     "metabaseline-5shot": {

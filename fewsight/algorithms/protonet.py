@@ -8,7 +8,9 @@ pre-trained backbone (`fewsight pretrain`, then `fewsight train --metric cosine 
 
 With joint_statistics=True (transductive only), an episode's support and query images are embedded as
 one batch, so batch norm normalises them with their joint statistics, as Snell et al.'s code does;
-by default each set is normalised with its own.
+by default each set is normalised with its own. With step_statistics=True, meta-training embeds every
+support and query image of all the step's tasks as one batch, as Meta-Baseline's code does; evaluation
+still normalises each task on its own, so a task's score never depends on the tasks beside it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ProtoNet(ParameterPredictor):
     metric: "euclidean" (negative squared distances) or "cosine" (temperature · cosine similarity,
     the temperature a parameter of the learner, starting at 10).
     joint_statistics: embed each episode's support and query images as one batch (transductive only).
+    step_statistics: in training, embed all images of all the step's tasks as one batch (transductive only).
     """
 
     def __init__(
@@ -39,15 +42,17 @@ class ProtoNet(ParameterPredictor):
         transductive: bool = True,
         metric: str = "euclidean",
         joint_statistics: bool = False,
+        step_statistics: bool = False,
     ) -> None:
         super().__init__(encoder, transductive)
         if metric not in METRICS:
             raise FewsightError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
-        if joint_statistics and not transductive:
+        if (joint_statistics or step_statistics) and not transductive:
             raise FewsightError(
-                "joint statistics are transductive: drop --non-transductive or --joint-statistics"
+                "joint and step statistics are transductive: drop --non-transductive, "
+                "or --joint-statistics and --step-statistics"
             )
-        self.metric, self.joint_statistics = metric, joint_statistics
+        self.metric, self.joint_statistics, self.step_statistics = metric, joint_statistics, step_statistics
         if metric == "cosine":  # only then, so Euclidean checkpoints, older ones included, fit as before
             self.temperature = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
 
@@ -64,6 +69,8 @@ class ProtoNet(ParameterPredictor):
         return -(features.unsqueeze(1) - prototypes).pow(2).sum(-1)
 
     def heads_and_logits(self, batch: TaskBatch) -> tuple[Head, torch.Tensor]:
+        if self.step_statistics and self.training:
+            return self._step_heads_and_logits(batch)
         if not self.joint_statistics:
             return super().heads_and_logits(batch)
         ways = batch.ways
@@ -76,12 +83,23 @@ class ProtoNet(ParameterPredictor):
 
         return torch.vmap(one_task, randomness="different")(batch.support_x, batch.support_y, batch.query_x)
 
+    def _step_heads_and_logits(self, batch: TaskBatch) -> tuple[Head, torch.Tensor]:
+        """Every support and query image of the batch's tasks embedded as one batch, so batch norm
+        normalises them with the step's statistics (Meta-Baseline's meta-training)."""
+        tasks, support_size = batch.support_x.shape[:2]
+        features = self.embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
+        support = features[: tasks * support_size].unflatten(0, (tasks, support_size))
+        queries = features[tasks * support_size :].unflatten(0, (tasks, -1))
+        ways = batch.ways
+        prototypes = torch.vmap(lambda s, y: class_means(s, y, ways))(support, batch.support_y)
+        return {"prototypes": prototypes}, torch.vmap(self.compare)(queries, prototypes)
+
     def with_metric(self, metric: str) -> ProtoNet:
         """This learner's encoder under another metric, to score one backbone both ways; a new
         temperature starts at 10, which changes no prediction (a positive scale keeps the nearest class)."""
         if metric == self.metric:
             return self
         weight = next(self.encoder.parameters())
-        other = ProtoNet(self.encoder, self.transductive, metric, self.joint_statistics)
+        other = ProtoNet(self.encoder, self.transductive, metric, self.joint_statistics, self.step_statistics)
         other = other.to(weight.device, weight.dtype)
         return other.train(self.training)

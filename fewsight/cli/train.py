@@ -44,6 +44,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "(Snell et al.'s code), not each set with its own statistics",
     )
     parser.add_argument(
+        "--step-statistics",
+        action="store_true",
+        help="protonet: in meta-training, normalise all support and query images of the step's tasks "
+        "together, as one batch (Meta-Baseline's code); evaluation still normalises each task alone",
+    )
+    parser.add_argument(
         "--trainval",
         action="store_true",
         help="train on train+val classes (the papers' protocol) and skip validation",

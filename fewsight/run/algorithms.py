@@ -87,6 +87,13 @@ def mamlpp_preset(config: RunConfig) -> None:
     config.first_order_steps = config.first_order_steps or config.steps // 3
 
 
+def _protonet(config: RunConfig, backbone: nn.Module) -> ProtoNet:
+    """ProtoNet with the run's metric and batch-norm batching."""
+    return ProtoNet(
+        backbone, config.transductive, config.metric, config.joint_statistics, config.step_statistics
+    )
+
+
 def _mamlpp(config: RunConfig, backbone: nn.Module) -> MAML:
     config = copy.copy(config)
     mamlpp_preset(config)
@@ -113,9 +120,7 @@ REGISTRY: dict[str, Algorithm] = {
         inner_steps=5,  # as in the MAML++ paper
         bench=False,
     ),
-    "protonet": Algorithm(
-        MODEL, lambda c, b: ProtoNet(b, c.transductive, c.metric, c.joint_statistics), (METRIC,)
-    ),
+    "protonet": Algorithm(MODEL, _protonet, (METRIC,)),
     "weightpred": Algorithm(
         MODEL,
         lambda c, b: WeightPrediction(b, b.feature_size, c.base_classes, c.base_mix, c.transductive),

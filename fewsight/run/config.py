@@ -64,6 +64,7 @@ class RunConfig:
     metric: str = "euclidean"  # protonet: how queries are compared with the class prototypes
     transductive: bool = True
     joint_statistics: bool = False  # protonet: an episode's support and query images as one batch
+    step_statistics: bool = False  # protonet: in training, all images of a step's tasks as one batch
     trainval: bool = False
     seed: int = 0
     val_every: int = 1000
@@ -176,11 +177,12 @@ class RunConfig:
         for name in ("weight_decay", "meta_grad_clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise FewsightError(f"--{name.replace('_', '-')} must be 0 (off) or more")
-        if self.joint_statistics and (self.algorithm != "protonet" or not self.transductive):
-            raise FewsightError(
-                "--joint-statistics applies to --algorithm protonet, transductive: "
-                "drop it or --non-transductive"
-            )
+        for flag in ("joint_statistics", "step_statistics"):
+            if getattr(self, flag) and (self.algorithm != "protonet" or not self.transductive):
+                raise FewsightError(
+                    f"--{flag.replace('_', '-')} applies to --algorithm protonet, transductive: "
+                    "drop it or --non-transductive"
+                )
         check_seed(self.seed)
         check_backbone(self.backbone, self.width, self.drop_rate)
         if not self.adapt_norm and self.algorithm not in taking(ADAPT_NORM):
