@@ -19,6 +19,7 @@ from fewsight.training.graphs import (
     set_learning_rate,
     static_copy,
 )
+from fewsight.training.metatrain import meta_optimizer
 from fewsight.training.schedules import cosine_lr
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -53,26 +54,42 @@ def test_snapshot_puts_weights_and_a_fresh_optimiser_back():
     assert float(state["step"]) == 0 and not state["exp_avg"].any() and not state["exp_avg_sq"].any()
 
 
+RECORDED = {  # name: the run's settings
+    "maml": {"algorithm": "maml"},
+    "protonet": {"algorithm": "protonet"},
+    "reptile": {"algorithm": "reptile"},
+    "mamlpp": {"algorithm": "mamlpp", "multi_step_loss": 2, "first_order_steps": 2},
+    "metabaseline-stage": {  # SGD with momentum and weight decay, all the step's images one batch
+        "algorithm": "protonet",
+        "metric": "cosine",
+        "step_statistics": True,
+        "meta_optimizer": "sgd",
+        "meta_lr": 0.1,
+        "weight_decay": 5e-4,
+    },
+}
+
+
 @cuda
-@pytest.mark.parametrize("algorithm", ["maml", "protonet", "reptile", "mamlpp"])
-def test_replayed_training_equals_eager_training(omniglot_train, algorithm):
+@pytest.mark.parametrize("recipe", RECORDED)
+def test_replayed_training_equals_eager_training(omniglot_train, recipe):
     """In float64, where the GPU's kernels agree to rounding whichever algorithm cuDNN picks. MAML++
     follows its schedules: multi-step loss weights and a cosine learning rate read from tensors, and a
-    switch from first to second order after two steps, which records the step again."""
+    switch from first to second order after two steps, which records the step again. The optimiser
+    is the one training builds for a recorded step (Adam, or Meta-Baseline's SGD)."""
     drawn = batches(omniglot_train, 4, "cuda", torch.float64)
-    schedules = {"multi_step_loss": 2, "first_order_steps": 2} if algorithm == "mamlpp" else {}
-    config = RunConfig(algorithm=algorithm, inner_steps=2, steps=4, **schedules)
+    config = RunConfig(inner_steps=2, steps=4, **RECORDED[recipe])
     mamlpp_preset(config)
     weights = []
     for graphed in (False, True):
         torch.manual_seed(0)
         learner = build_learner(config).to("cuda", torch.float64)
-        optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3, capturable=True)
+        optimizer = meta_optimizer(learner, config, graphs=True)
         step = GraphedTrainingStep(learner, optimizer, drawn[0]) if graphed else None
         for number, batch in enumerate(drawn, 1):
             learner.schedule(number)
             if config.cosine_lr:
-                set_learning_rate(optimizer, cosine_lr(1e-3, number, config.steps))
+                set_learning_rate(optimizer, cosine_lr(config.meta_lr, number, config.steps))
             if step is not None:
                 step(batch)
             else:

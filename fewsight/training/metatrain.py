@@ -58,14 +58,20 @@ def _eager_step(
 
 
 def meta_optimizer(learner: MetaLearner, config: RunConfig, graphs: bool) -> torch.optim.Optimizer:
-    """The meta-update's optimiser: Adam (recordable in a CUDA graph when `graphs`), or SGD with
-    momentum, as Meta-Baseline's meta-training stage uses. With --meta-grad-clip it clips the
-    gradients first, inside its step: after the processes' average and inside a recorded graph.
-    Frozen parameters (--norm-scale-init fixed) are left out."""
+    """The meta-update's optimiser: Adam, or SGD with momentum, as Meta-Baseline's meta-training
+    stage uses; either recordable in a CUDA graph when `graphs` (SGD then runs its fused kernel, which
+    reads a learning rate held on the device; its default kernel copies it to the host, which a
+    recording forbids). With --meta-grad-clip it clips the gradients first, inside its step: after
+    the processes' average and inside a recorded graph. Frozen parameters (--norm-scale-init fixed)
+    are left out."""
     trained = [p for p in learner.parameters() if p.requires_grad]
     if config.meta_optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            trained, lr=config.meta_lr, momentum=MOMENTUM, weight_decay=config.weight_decay
+            trained,
+            lr=config.meta_lr,
+            momentum=MOMENTUM,
+            weight_decay=config.weight_decay,
+            fused=graphs or None,
         )
     else:
         optimizer = torch.optim.Adam(
