@@ -83,8 +83,9 @@ class GraphedTrainingStep:
         learner.replayed = True  # the learner may take its path with the faster kernels
         self.path_seconds: dict[bool, float] | None = None  # per path, where `_choose_path` timed them
         for group in optimizer.param_groups:  # in the parameters' dtype: float64 training stays exact
-            like = group["params"][0]
-            group["lr"] = torch.tensor(float(group["lr"]), dtype=like.dtype, device=like.device)
+            like = group["params"][0]  # (a fused kernel reads its rate in float32 only)
+            dtype = torch.float32 if group.get("fused") else like.dtype
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=dtype, device=like.device)
         self.batch = static_copy(example)
         self._record()
 
