@@ -98,6 +98,9 @@ def test_out_that_is_a_file_is_refused(no_data, tmp_path):
         (["--seed", "-5"], "--seed must be between"),
         (["--episodes", "0"], "--episodes and --batch must be at least 1"),
         (["--batch", "-1"], "--episodes and --batch must be at least 1"),
+        (["--ways", "0"], "--ways must be at least 2"),  # not read as "the run's ways"
+        (["--shots", "0"], "--shots must be at least 1"),
+        (["--queries", "-2"], "--queries must be at least 1"),
         (["--device", "meta"], "unsupported device"),
     ],
 )

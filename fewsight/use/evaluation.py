@@ -107,6 +107,9 @@ def evaluate_run(
     `keep_statistics`; by default the model normalises as it ships. `weights="best"` scores best.pt."""
     if episodes < 1 or batch < 1:
         raise FewsightError("--episodes and --batch must be at least 1")
+    for flag, value, least in (("--ways", ways, 2), ("--shots", shots, 1), ("--queries", queries, 1)):
+        if value is not None and value < least:  # 0 would otherwise read as "the run's"
+            raise FewsightError(f"{flag} must be at least {least}")
     check_seed(seed)
     if not Path(model).exists() and str(model) not in bundled_names():
         raise FewsightError(f"no run folder at {model}; pass the --out of a training run or a bundled model")
@@ -120,7 +123,7 @@ def evaluate_run(
                 f"--metric applies to protonet and pretrain runs, not {config.algorithm}; drop it"
             )
         learner = learner.with_metric(metric)
-    ways = ways or config.ways
+    ways = config.ways if ways is None else ways
     if max_ways(config) not in (None, ways):
         raise FewsightError(f"this {config.algorithm} model takes exactly {config.ways} ways; drop --ways")
     if norm == "population" and not has_population_statistics(learner):
@@ -128,7 +131,8 @@ def evaluate_run(
     if keep_statistics:
         save_population_statistics(learner, folder)
     used = "population" if has_population_statistics(learner) else "task"
-    shots, queries = shots or config.shots, queries or config.queries
+    shots = config.shots if shots is None else shots
+    queries = config.queries if queries is None else queries
     data = load_split(config, split, data_root, progress)
     sampler = EpisodeSampler(data, ways, shots, queries, device)
     accuracy = evaluate(learner, sampler, episodes, batch, seed, progress)
