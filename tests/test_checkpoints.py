@@ -296,6 +296,20 @@ def test_each_wrong_model_argument_is_named_for_what_it_is(three_checkpoints, dr
         assert len(error.strip().splitlines()) == 1 and "Traceback" not in error
 
 
+def test_a_resumed_run_keeps_only_the_best_weights_it_had_saved_by_then(tmp_path):
+    """--keep-best: weights kept after the step a run resumes from are deleted (the run earns them
+    again), and a full set makes room by dropping its lowest score."""
+    scores: dict[int, float] = {}
+    for step, score in ((1, 0.5), (2, 0.7), (3, 0.6), (4, 0.55)):
+        files.keep_best({"w": torch.zeros(1)}, step, score, tmp_path, scores, keep=2)
+    assert scores == {2: 0.7, 3: 0.6} and [p.name for p in files.kept_best(tmp_path)] == [
+        "best-2.pt",
+        "best-3.pt",
+    ]
+    assert files.kept_scores_until(tmp_path, 2) == {2: 0.7}
+    assert [p.name for p in files.kept_best(tmp_path)] == ["best-2.pt"]
+
+
 def test_read_checkpoint_refuses_with_a_fewsight_error(tmp_path):
     torch.save({"learner": RunsCode(tmp_path / "code-ran")}, tmp_path / "evil.pt")
     with pytest.raises(FewsightError, match="refused"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fewsight.cli import main
+from fewsight.data import EpisodeSampler
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
 from tests.conftest import metrics
@@ -73,6 +74,43 @@ def test_the_best_validated_weights_are_kept_and_evaluated(omniglot_train, tmp_p
     assert main(["eval", str(unvalidated), "--weights", "best", "--quiet", "--device", "cpu"]) == 2
     error = capsys.readouterr().err
     assert "has no best.pt" in error and "--weights last" in error and error.count("\n") == 1
+
+
+def test_the_best_scores_weights_are_kept_and_scored_as_an_ensemble(omniglot_train, tmp_path, capsys):
+    """--keep-best 2 keeps the weights of the two best validation scores (on a tie the earlier), and
+    --weights ensemble scores them together, recording which steps it scored."""
+    run = tmp_path / "run"
+    flags = ["--steps", "5", *TINY, "--val-every", "1", "--keep-best", "2", "--out", str(run)]
+    assert main(["train", *flags]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    ranked = sorted(rows, key=lambda row: (-row["val_accuracy"], row["step"]))[:2]
+    kept = [torch.load(path, weights_only=True) for path in run.glob("best-*.pt")]
+    assert {k["step"]: k["val_accuracy"] for k in kept} == {r["step"]: r["val_accuracy"] for r in ranked}
+    assert {path.name for path in run.glob("best-*.pt")} == {f"best-{r['step']}.pt" for r in ranked}
+    capsys.readouterr()
+    score = ["eval", str(run), "--weights", "ensemble", "--episodes", "4", "--batch", "2", "--json"]
+    assert main([*score, "--quiet", "--device", "cpu"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert (scored["weights"], scored["step"]) == ("ensemble", sorted(r["step"] for r in ranked))
+    assert main(["eval", str(run), "--weights", "ensemble", "--norm", "population", "--quiet"]) == 2
+    assert "drop --norm population" in capsys.readouterr().err
+    for path in run.glob("best-*.pt"):
+        path.unlink()
+    assert main(["eval", str(run), "--weights", "ensemble", "--quiet", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert "has no best-STEP.pt files" in error and "--keep-best" in error and error.count("\n") == 1
+
+
+def test_an_ensemble_of_one_model_twice_predicts_as_that_model(omniglot_train):
+    """The ensemble averages probabilities: copies of one learner give that learner's log-probabilities."""
+    from fewsight.use.ensemble import Ensemble
+
+    torch.manual_seed(0)
+    learner = build_learner(RunConfig(algorithm="maml", inner_steps=1)).eval()
+    tasks = next(iter(EpisodeSampler(omniglot_train, 5, 1, 2).fixed_episodes(2, 2, 0)))
+    alone = learner.query_logits(tasks).log_softmax(-1)
+    together = Ensemble([learner, learner], [1, 2]).query_logits(tasks)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
 
 
 def test_out_of_memory_says_who_holds_the_card(tmp_path, capsys, monkeypatch):

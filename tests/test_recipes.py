@@ -39,6 +39,7 @@ PROMISED = {  # recipe: settings its run must have
         "first_order_steps": 1,
         "learned_inner_lr": True,
         "per_step_bn": True,
+        "keep_best": 5,  # its code scores an ensemble of its 5 best-validated models
     },
     "metabaseline-ref-1shot": {
         "backbone": "resnet12-512",

@@ -48,6 +48,8 @@ HELP = {
     "seed": "seed of the initialisation and of the training episodes",
     "val_every": "validate every this many steps",
     "val_episodes": "validation episodes (fixed)",
+    "keep_best": "keep the weights of this many best validation scores as best-STEP.pt besides best.pt, "
+    "for fewsight eval --weights ensemble (MAML++'s code scores an ensemble of its 5 best)",
     "log_every": "write a metrics line every this many steps",
     "checkpoint_every": "save a checkpoint every this many steps",
     "multi_step_loss": "MAML++ multi-step loss: the query loss after every inner step, its weights moved "

@@ -69,6 +69,7 @@ class RunConfig:
     seed: int = 0
     val_every: int = 1000
     val_episodes: int = 200
+    keep_best: int = 1  # keep the weights of this many best validation scores (best-STEP.pt)
     log_every: int = 50
     checkpoint_every: int = 1000
     bf16: bool = False
@@ -121,6 +122,7 @@ class RunConfig:
             "eval_inner_steps",
             "val_every",
             "val_episodes",
+            "keep_best",
             "log_every",
             "checkpoint_every",
         )

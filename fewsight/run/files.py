@@ -2,7 +2,7 @@
 
 A run folder holds `config.json`, `metrics.jsonl`, `checkpoint.pt` (the newest) and
 `checkpoint-STEP.pt` for the last `KEEP` saves, and `best.pt`, the weights of the best validation
-score so far (runs that validate).
+score so far (runs that validate); with --keep-best K, `best-STEP.pt` for the K best scores.
 Every file is written to a temporary name, flushed to disk and renamed over its target, so a
 process killed at any moment leaves either the old file or the new one, never half of one. Every
 checkpoint is checked before it is loaded: the CRC-32 of each member of its zip archive (torch.save
@@ -36,6 +36,7 @@ LATEST = "checkpoint.pt"
 BEST = "best.pt"  # the weights that scored best in validation so far, with that step and score
 KEEP = 3
 _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pt$")
+_KEPT_BEST = re.compile(r"^best-(\d+)\.pt$")  # --keep-best: one of the best validation scores' weights
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 ROOM = "free some space on that disk, or train into another --out on a disk with room"  # run folders
 _MAGIC = (  # what a file that is not a zip archive is, by its first bytes
@@ -250,6 +251,44 @@ def save_best(learner: dict, step: int, score: float, folder: Path) -> None:
     """Write best.pt: the weights that scored best in validation, with their step and score."""
     state = {"learner": learner, "step": step, "val_accuracy": score}
     write_atomic(serialise(state), folder / BEST, f"{ROOM}; the last checkpoint is kept")
+
+
+def kept_best(folder: Path) -> list[Path]:
+    """The run's best-STEP.pt files (--keep-best), in the order of their steps."""
+    found = [(int(m[1]), p) for p in folder.glob("best-*.pt") if (m := _KEPT_BEST.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def kept_scores_until(folder: Path, step: int) -> dict[int, float]:
+    """Step -> validation score of the run's best-STEP.pt files saved by step `step` (where a resumed
+    run starts). Later ones are deleted, as the run earns them again; a damaged one too, with a warning."""
+    scores = {}
+    for path in kept_best(folder):
+        saved = int(_KEPT_BEST.match(path.name)[1])
+        try:
+            if saved <= step:
+                scores[saved] = float(read_checkpoint(path)["val_accuracy"])
+                continue
+        except DamagedFile as error:
+            warnings.warn(f"{error}; it is deleted and left out of the kept weights", stacklevel=2)
+        path.unlink()
+    return scores
+
+
+def keep_best(
+    learner: dict, step: int, score: float, folder: Path, scores: dict[int, float], keep: int
+) -> None:
+    """--keep-best: write best-STEP.pt if `score` is among the `keep` best so far (`scores`, which this
+    updates), and delete the file of the score it displaces (on a tie the earlier weights stay)."""
+    if len(scores) >= keep and score <= min(scores.values()):
+        return
+    state = {"learner": learner, "step": step, "val_accuracy": score}
+    write_atomic(serialise(state), folder / f"best-{step}.pt", f"{ROOM}; the last checkpoint is kept")
+    scores[step] = score
+    while len(scores) > keep:
+        worst = min(scores, key=lambda saved: (scores[saved], -saved))
+        (folder / f"best-{worst}.pt").unlink(missing_ok=True)
+        del scores[worst]
 
 
 def best_score_until(folder: Path, step: int) -> float:

@@ -211,9 +211,14 @@ def load_learner(
     """The config and the trained learner of a run folder (its last or its best-validated weights)."""
     config = RunConfig.load(folder)
     config.validate()
+    return config, learner_from(config, load_checkpoint(folder, device, weights), folder, device)
+
+
+def learner_from(config: RunConfig, state: dict, folder: Path, device: torch.device | str) -> MetaLearner:
+    """The learner `config` builds, with the weights of checkpoint `state` (read from run `folder`)."""
     learner = build_learner(config).to(device)
     try:
-        learner.load_state_dict(dequantise(load_checkpoint(folder, device, weights)["learner"]))
+        learner.load_state_dict(dequantise(state["learner"]))
     except (RuntimeError, TypeError, KeyError) as error:
         raise FewsightError(f"{folder}: the checkpoint does not fit the run's config.json") from error
-    return config, learner
+    return learner

@@ -20,7 +20,15 @@ from tqdm import tqdm
 
 from fewsight.errors import FewsightError
 from fewsight.run import files
-from fewsight.run.files import METRICS, best_score_until, keep_metrics_until, save_best, save_checkpoint
+from fewsight.run.files import (
+    METRICS,
+    best_score_until,
+    keep_best,
+    keep_metrics_until,
+    kept_scores_until,
+    save_best,
+    save_checkpoint,
+)
 from fewsight.run.folder import random_states, restore_random_states
 from fewsight.training.distributed import all_sum
 from fewsight.training.evaluate import Accuracy
@@ -49,6 +57,7 @@ class Plan:
     log_at: Callable[[int], bool] = lambda step: False  # steps that log besides every log_every-th
     validate: Callable[[int, bool], Accuracy | None] = lambda step, out_of_time: None  # at a logged step
     learner: nn.Module | None = None  # given: best.pt keeps its weights when validation scores best
+    keep_best: int = 1  # more than 1: best-STEP.pt files keep the weights of this many best scores
     check_weights: bool = False  # refuse to checkpoint the learner's weights when one is not finite
     postfix: Callable[[dict], dict] = lambda row: {}  # more progress-bar fields from a metrics row
     bar: str = ""  # the progress bar's description, if not `name`
@@ -88,6 +97,7 @@ def run(
         keep_metrics_until(out / METRICS, start)
     last_good = start if state is not None else None
     best_score = best_score_until(out, start)
+    kept = kept_scores_until(out, start) if plan.keep_best > 1 and main else {}
 
     def diverged(step: int) -> FewsightError:
         kept = f"checkpoint.pt (step {last_good}) is kept" if last_good is not None else "nothing was saved"
@@ -144,8 +154,12 @@ def run(
                     score = plan.validate(step, out_of_time)
                     if score is not None:
                         row["val_accuracy"], row["val_ci95"] = score.mean, score.ci95
-                        if plan.learner is not None and score.mean > best_score and main:
-                            save_best(plan.learner.state_dict(), step, score.mean, out)
+                        if plan.learner is not None and main:
+                            weights = plan.learner.state_dict()
+                            if score.mean > best_score:
+                                save_best(weights, step, score.mean, out)
+                            if plan.keep_best > 1:
+                                keep_best(weights, step, score.mean, out, kept, plan.keep_best)
                         best_score = max(best_score, score.mean)
                     _log(row, metrics, board)
                     bar.set_postfix(

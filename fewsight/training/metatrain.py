@@ -253,6 +253,7 @@ def train(
         fix="lower --meta-lr or --inner-lr",
         validate=validate,
         learner=learner,
+        keep_best=config.keep_best,
         check_weights=True,
         postfix=lambda row: {"tasks_s": f"{row['tasks_per_s']:.0f}"},
         budget=time_budget,

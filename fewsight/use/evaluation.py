@@ -23,6 +23,7 @@ from fewsight.run.folder import checkpoint_step
 from fewsight.run.warmstart import backbone_of
 from fewsight.training.evaluate import Accuracy, evaluate
 from fewsight.training.pretrain import is_pretrain_run
+from fewsight.use.ensemble import Ensemble, load_ensemble
 from fewsight.use.models import bundled_names, load_model, max_ways, resolve_run
 
 POPULATION_IMAGES = 10_000  # training images behind norm="population"
@@ -53,6 +54,9 @@ class Evaluation:
     def provenance(self) -> str:
         """Which weights were scored and how far their run had trained: "; the last checkpoint's
         weights, training unfinished (step 152 of 60,000)"; nothing for a model that records no step."""
+        if isinstance(self.learner, Ensemble):
+            steps = ", ".join(f"{step:,}" for step in self.learner.steps)
+            return f"; an ensemble of the {len(self.learner.steps)} best-validated weights (steps {steps})"
         step = checkpoint_step(self.folder, self.weights)
         if step is None:
             return ""
@@ -76,9 +80,11 @@ class Evaluation:
             details["metric"] = self.learner.metric
         details["norm"] = self.norm
         details["weights"] = self.weights
-        details["step"] = checkpoint_step(self.folder, self.weights)
+        ensemble = isinstance(self.learner, Ensemble)
+        details["step"] = self.learner.steps if ensemble else checkpoint_step(self.folder, self.weights)
         transductive = self.config.transductive and self.norm == "task"
-        protocol = _protocol(self.config, self.learner, transductive, is_pretrain_run(self.folder))
+        model = self.learner.members[0] if ensemble else self.learner
+        protocol = _protocol(self.config, model, transductive, is_pretrain_run(self.folder))
         return {**asdict(self.accuracy), **details, "algorithm": self.config.algorithm, **protocol}
 
 
@@ -104,7 +110,8 @@ def evaluate_run(
     (ways, shots and queries: the run's unless given). `metric` scores a ProtoNet (or pretrain run)
     with another metric; `norm="population"` fixes the batch-norm statistics to those of up to
     POPULATION_IMAGES training images (the model-based family), written to RUN/population.pt with
-    `keep_statistics`; by default the model normalises as it ships. `weights="best"` scores best.pt."""
+    `keep_statistics`; by default the model normalises as it ships. `weights="best"` scores best.pt,
+    "ensemble" the mean probabilities of the best-STEP.pt weights (--keep-best)."""
     if episodes < 1 or batch < 1:
         raise FewsightError("--episodes and --batch must be at least 1")
     for flag, value, least in (("--ways", ways, 2), ("--shots", shots, 1), ("--queries", queries, 1)):
@@ -115,8 +122,15 @@ def evaluate_run(
         raise FewsightError(f"no run folder at {model}; pass the --out of a training run or a bundled model")
     if keep_statistics and norm != "population":
         raise FewsightError("--keep-statistics keeps population statistics: add --norm population")
+    if weights == "ensemble" and (norm == "population" or metric is not None):
+        raise FewsightError(
+            "--weights ensemble scores the run as it trained: drop --norm population and --metric"
+        )
     folder = resolve_run(model)
-    config, learner = load_model(folder, device, weights, "task" if norm == "task" else "model")
+    if weights == "ensemble":
+        config, learner = load_ensemble(folder, device)
+    else:
+        config, learner = load_model(folder, device, weights, "task" if norm == "task" else "model")
     if metric is not None:
         if not isinstance(learner, ProtoNet):
             raise FewsightError(
