@@ -41,10 +41,10 @@ case $name in
   protonet-bn-[15]shot)
     flags=(train --algorithm protonet "${episodic[@]}" --lr-halve-every 2000) ;;
   # The same as Snell et al.'s code runs it: batch-norm scales drawn from U(0, 1), an episode's support
-  # and query images normalised as one batch, 20,000 episodes.
+  # and query images normalised as one batch, 20,000 episodes, the best weights by validation loss.
   protonet-ref-[15]shot)
     flags=(train --algorithm protonet "${episodic[@]}" --lr-halve-every 2000 --norm-scale-init uniform
-           --joint-statistics --steps 20000) ;;
+           --joint-statistics --best-by loss --steps 20000) ;;
   # Snell et al.'s final model: protonet-ref trained again on the training and validation classes for
   # as many steps as its best-validated weights had (needs RUNS/protonet-ref-Kshot/best.pt).
   protonet-ref-trainval-[15]shot)

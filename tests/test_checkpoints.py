@@ -297,17 +297,19 @@ def test_each_wrong_model_argument_is_named_for_what_it_is(three_checkpoints, dr
 
 
 def test_a_resumed_run_keeps_only_the_best_weights_it_had_saved_by_then(tmp_path):
-    """--keep-best: weights kept after the step a run resumes from are deleted (the run earns them
-    again), and a full set makes room by dropping its lowest score."""
-    scores: dict[int, float] = {}
-    for step, score in ((1, 0.5), (2, 0.7), (3, 0.6), (4, 0.55)):
-        files.keep_best({"w": torch.zeros(1)}, step, score, tmp_path, scores, keep=2)
-    assert scores == {2: 0.7, 3: 0.6} and [p.name for p in files.kept_best(tmp_path)] == [
-        "best-2.pt",
-        "best-3.pt",
-    ]
-    assert files.kept_scores_until(tmp_path, 2) == {2: 0.7}
-    assert [p.name for p in files.kept_best(tmp_path)] == ["best-2.pt"]
+    """--keep-best: a full set makes room by dropping its lowest score, by accuracy or by loss; weights
+    kept after the step a run resumes from are deleted (the run earns them again)."""
+    validated = {1: (0.5, 0.9), 2: (0.7, 1.2), 3: (0.6, 0.8), 4: (0.55, 1.0)}  # step: accuracy, loss
+    for best_by, kept, first_rank in (("accuracy", [2, 3], 0.7), ("loss", [1, 3], -0.9)):
+        folder = tmp_path / best_by
+        folder.mkdir()
+        scores: dict[int, float] = {}
+        for step, (accuracy, loss) in validated.items():
+            scores_now = {"val_accuracy": accuracy, "val_loss": loss}
+            files.keep_best({"w": torch.zeros(1)}, step, scores_now, folder, scores, 2, best_by)
+        assert [p.name for p in files.kept_best(folder)] == [f"best-{step}.pt" for step in kept]
+        assert files.kept_scores_until(folder, 2, best_by) == {kept[0]: first_rank}
+        assert [p.name for p in files.kept_best(folder)] == [f"best-{kept[0]}.pt"]
 
 
 def test_read_checkpoint_refuses_with_a_fewsight_error(tmp_path):

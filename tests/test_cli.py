@@ -67,6 +67,7 @@ def test_the_best_validated_weights_are_kept_and_evaluated(omniglot_train, tmp_p
     assert main([*rescore, "--batch", "2", "--json", "--quiet", "--device", "cpu"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["mean"] == pytest.approx(best_row["val_accuracy"])
+    assert scored["loss"] == pytest.approx(best_row["val_loss"])  # the same episodes' query loss
     assert (scored["weights"], scored["step"]) == ("best", best_row["step"])  # which weights were scored
     unvalidated = tmp_path / "unvalidated"
     assert main(["train", "--steps", "1", *TINY, "--out", str(unvalidated)]) == 0
@@ -74,6 +75,20 @@ def test_the_best_validated_weights_are_kept_and_evaluated(omniglot_train, tmp_p
     assert main(["eval", str(unvalidated), "--weights", "best", "--quiet", "--device", "cpu"]) == 2
     error = capsys.readouterr().err
     assert "has no best.pt" in error and "--weights last" in error and error.count("\n") == 1
+
+
+def test_best_by_loss_keeps_the_weights_of_the_lowest_validation_loss(omniglot_train, tmp_path):
+    """--best-by loss (Snell et al.'s early stopping): best.pt and the kept weights are those of the
+    lowest validation loss, which every validated metrics row records."""
+    run = tmp_path / "run"
+    flags = ["--steps", "5", *TINY, "--val-every", "1", "--best-by", "loss", "--keep-best", "2"]
+    assert main(["train", *flags, "--out", str(run)]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    ranked = sorted(rows, key=lambda row: (row["val_loss"], row["step"]))
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert (best["step"], best["val_loss"]) == (ranked[0]["step"], ranked[0]["val_loss"])
+    assert {path.name for path in run.glob("best-*.pt")} == {f"best-{r['step']}.pt" for r in ranked[:2]}
+    assert len({row["val_loss"] for row in rows}) > 1  # the losses differ: the choice was a real one
 
 
 def test_the_best_scores_weights_are_kept_and_scored_as_an_ensemble(omniglot_train, tmp_path, capsys):

@@ -21,7 +21,12 @@ SHORT = "--steps 2 --ways 5 --queries 2 --meta-batch 1 --val-every 2 --val-episo
 SHORT += " --image-size 32"  # 84 pixels would make MAML++'s first-step float64 self-check take half a minute
 
 PROMISED = {  # recipe: settings its run must have
-    "protonet-ref-1shot": {"norm_scale_init": "uniform", "joint_statistics": True, "lr_halve_every": 2000},
+    "protonet-ref-1shot": {
+        "norm_scale_init": "uniform",
+        "joint_statistics": True,
+        "lr_halve_every": 2000,
+        "best_by": "loss",  # Snell et al.'s code stops early on validation loss
+    },
     "maml-ref-5shot": {
         "inner_lr": 0.05,
         "meta_grad_clip": 10.0,

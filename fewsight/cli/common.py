@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 from fewsight.errors import FewsightError
 from fewsight.nets.inputs import INPUT_NORMS
 from fewsight.run.algorithms import REGISTRY
-from fewsight.run.config import ALGORITHMS, BACKBONES, META_OPTIMIZERS, METRICS, WEIGHT_INITS, RunConfig
+from fewsight.run.config import (
+    ALGORITHMS,
+    BACKBONES,
+    BEST_BY,
+    META_OPTIMIZERS,
+    METRICS,
+    WEIGHT_INITS,
+    RunConfig,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +56,8 @@ HELP = {
     "seed": "seed of the initialisation and of the training episodes",
     "val_every": "validate every this many steps",
     "val_episodes": "validation episodes (fixed)",
+    "best_by": "the validation score that picks best.pt and --keep-best's weights: the highest accuracy, "
+    "or the lowest query loss (Snell et al.'s code stops early on validation loss)",
     "keep_best": "keep the weights of this many best validation scores as best-STEP.pt besides best.pt, "
     "for fewsight eval --weights ensemble (MAML++'s code scores an ensemble of its 5 best)",
     "log_every": "write a metrics line every this many steps",
@@ -79,6 +89,7 @@ _CHOICES = {
     "backbone": BACKBONES,
     "metric": METRICS,
     "meta_optimizer": META_OPTIMIZERS,
+    "best_by": BEST_BY,
     "weight_init": WEIGHT_INITS,
     "input_norm": tuple(INPUT_NORMS),
 }

@@ -37,6 +37,7 @@ DEFAULT_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84}  # a user's own data s
 NORM_SCALE_INITS = ("ones", "uniform", "fixed")  # see fewsight.run.build.build_backbone
 WEIGHT_INITS = ("torch", "xavier")  # see fewsight.nets.init.xavier
 META_OPTIMIZERS = ("adam", "sgd")  # see fewsight.training.metatrain.meta_optimizer
+BEST_BY = ("accuracy", "loss")  # the validation score that picks best.pt (fewsight.run.files.rank)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class RunConfig:
     val_every: int = 1000
     val_episodes: int = 200
     keep_best: int = 1  # keep the weights of this many best validation scores (best-STEP.pt)
+    best_by: str = "accuracy"  # best.pt: the highest validation accuracy, or the lowest loss
     log_every: int = 50
     checkpoint_every: int = 1000
     bf16: bool = False
@@ -172,6 +174,8 @@ class RunConfig:
                 f"--task-chunk, --checkpoint-inner and --task-loop apply to "
                 f"{in_words(taking(memory[0]), 'and')} only"
             )
+        if self.best_by not in BEST_BY:
+            raise FewsightError(f"unknown --best-by {self.best_by!r}; use one of {', '.join(BEST_BY)}")
         if self.meta_optimizer not in META_OPTIMIZERS:
             raise FewsightError(
                 f"unknown --meta-optimizer {self.meta_optimizer!r}; use one of {', '.join(META_OPTIMIZERS)}"

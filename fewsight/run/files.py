@@ -247,10 +247,19 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     return state
 
 
-def save_best(learner: dict, step: int, score: float, folder: Path) -> None:
-    """Write best.pt: the weights that scored best in validation, with their step and score."""
-    state = {"learner": learner, "step": step, "val_accuracy": score}
+def save_best(learner: dict, step: int, validated: dict, folder: Path) -> None:
+    """Write best.pt: the weights that scored best in validation, with their step and scores
+    (`validated`: val_accuracy and val_loss)."""
+    state = {"learner": learner, "step": step, **validated}
     write_atomic(serialise(state), folder / BEST, f"{ROOM}; the last checkpoint is kept")
+
+
+def rank(validated: dict, best_by: str) -> float:
+    """How good validation scores are by --best-by, higher better: the accuracy, or minus the loss
+    (-inf for weights saved before the loss was kept)."""
+    if best_by == "loss":
+        return -float(validated.get("val_loss", math.inf))
+    return float(validated["val_accuracy"])
 
 
 def kept_best(folder: Path) -> list[Path]:
@@ -259,15 +268,16 @@ def kept_best(folder: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def kept_scores_until(folder: Path, step: int) -> dict[int, float]:
-    """Step -> validation score of the run's best-STEP.pt files saved by step `step` (where a resumed
-    run starts). Later ones are deleted, as the run earns them again; a damaged one too, with a warning."""
+def kept_scores_until(folder: Path, step: int, best_by: str = "accuracy") -> dict[int, float]:
+    """Step -> rank (by `best_by`) of the run's best-STEP.pt files saved by step `step` (where a
+    resumed run starts). Later ones are deleted, as the run earns them again; a damaged one too, with
+    a warning."""
     scores = {}
     for path in kept_best(folder):
         saved = int(_KEPT_BEST.match(path.name)[1])
         try:
             if saved <= step:
-                scores[saved] = float(read_checkpoint(path)["val_accuracy"])
+                scores[saved] = rank(read_checkpoint(path), best_by)
                 continue
         except DamagedFile as error:
             warnings.warn(f"{error}; it is deleted and left out of the kept weights", stacklevel=2)
@@ -276,13 +286,20 @@ def kept_scores_until(folder: Path, step: int) -> dict[int, float]:
 
 
 def keep_best(
-    learner: dict, step: int, score: float, folder: Path, scores: dict[int, float], keep: int
+    learner: dict,
+    step: int,
+    validated: dict,
+    folder: Path,
+    scores: dict[int, float],
+    keep: int,
+    best_by: str = "accuracy",
 ) -> None:
-    """--keep-best: write best-STEP.pt if `score` is among the `keep` best so far (`scores`, which this
-    updates), and delete the file of the score it displaces (on a tie the earlier weights stay)."""
+    """--keep-best: write best-STEP.pt if `validated` ranks among the `keep` best so far (`scores`,
+    which this updates), and delete the file it displaces (on a tie the earlier weights stay)."""
+    score = rank(validated, best_by)
     if len(scores) >= keep and score <= min(scores.values()):
         return
-    state = {"learner": learner, "step": step, "val_accuracy": score}
+    state = {"learner": learner, "step": step, **validated}
     write_atomic(serialise(state), folder / f"best-{step}.pt", f"{ROOM}; the last checkpoint is kept")
     scores[step] = score
     while len(scores) > keep:
@@ -291,10 +308,10 @@ def keep_best(
         del scores[worst]
 
 
-def best_score_until(folder: Path, step: int) -> float:
-    """The validation score of the run's best.pt if it was saved by step `step` (where a resumed run
-    starts; a later one is overwritten as the run gets there again), else -inf. A damaged best.pt is
-    not used, with a warning: validation writes a new one."""
+def best_score_until(folder: Path, step: int, best_by: str = "accuracy") -> float:
+    """The rank (by `best_by`) of the run's best.pt if it was saved by step `step` (where a resumed
+    run starts; a later one is overwritten as the run gets there again), else -inf. A damaged best.pt
+    is not used, with a warning: validation writes a new one."""
     path = folder / BEST
     if not path.is_file():
         return -math.inf
@@ -303,4 +320,4 @@ def best_score_until(folder: Path, step: int) -> float:
     except DamagedFile as error:
         warnings.warn(f"{error}; validation writes a new one when it next scores best", stacklevel=2)
         return -math.inf
-    return float(best["val_accuracy"]) if best["step"] <= step else -math.inf
+    return rank(best, best_by) if best["step"] <= step else -math.inf

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from fewsight.algorithms import MetaLearner
@@ -16,11 +17,13 @@ from fewsight.training.distributed import gather, is_main, world
 
 @dataclass
 class Accuracy:
-    """Mean accuracy over episodes and the half-width of its 95% confidence interval (normal)."""
+    """Mean accuracy over episodes and the half-width of its 95% confidence interval (normal), and the
+    mean query loss."""
 
     mean: float
     ci95: float
     episodes: int
+    loss: float = math.nan  # the queries' mean cross-entropy: validation loss, where overfitting shows first
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}% over {self.episodes} episodes"
@@ -41,6 +44,7 @@ def evaluate(
     learner.eval()
     rank, processes = world()
     per_episode = [torch.zeros(0, dtype=torch.float64, device=sampler.device)]
+    losses = [torch.zeros(0, dtype=torch.float64, device=sampler.device)]
     with torch.no_grad():
         batches = sampler.fixed_episodes(episodes, batch, seed, (rank, processes))
         total = len(range(rank, fixed_batches(episodes, batch), processes))
@@ -48,7 +52,11 @@ def evaluate(
         for tasks in tqdm(batches, total=total, desc="evaluating", disable=quiet, leave=False):
             logits = learner.query_logits(tasks)
             per_episode.append((logits.argmax(-1) == tasks.query_y).double().mean(1))
+            losses.append(
+                F.cross_entropy(logits.transpose(1, 2), tasks.query_y, reduction="none").double().mean(1)
+            )
     learner.train(was_training)
     scores = gather(torch.cat(per_episode)).cpu()
     spread = scores.std().item() if len(scores) > 1 else 0.0
-    return Accuracy(scores.mean().item(), 1.96 * spread / math.sqrt(len(scores)), len(scores))
+    loss = gather(torch.cat(losses)).mean().item()
+    return Accuracy(scores.mean().item(), 1.96 * spread / math.sqrt(len(scores)), len(scores), loss)

@@ -26,6 +26,7 @@ from fewsight.run.files import (
     keep_best,
     keep_metrics_until,
     kept_scores_until,
+    rank,
     save_best,
     save_checkpoint,
 )
@@ -58,6 +59,7 @@ class Plan:
     validate: Callable[[int, bool], Accuracy | None] = lambda step, out_of_time: None  # at a logged step
     learner: nn.Module | None = None  # given: best.pt keeps its weights when validation scores best
     keep_best: int = 1  # more than 1: best-STEP.pt files keep the weights of this many best scores
+    best_by: str = "accuracy"  # which validation score ranks weights: "accuracy" (higher) or "loss" (lower)
     check_weights: bool = False  # refuse to checkpoint the learner's weights when one is not finite
     postfix: Callable[[dict], dict] = lambda row: {}  # more progress-bar fields from a metrics row
     bar: str = ""  # the progress bar's description, if not `name`
@@ -96,8 +98,8 @@ def run(
         settings.save(out)
         keep_metrics_until(out / METRICS, start)
     last_good = start if state is not None else None
-    best_score = best_score_until(out, start)
-    kept = kept_scores_until(out, start) if plan.keep_best > 1 and main else {}
+    best_score = best_score_until(out, start, plan.best_by)
+    kept = kept_scores_until(out, start, plan.best_by) if plan.keep_best > 1 and main else {}
 
     def diverged(step: int) -> FewsightError:
         kept = f"checkpoint.pt (step {last_good}) is kept" if last_good is not None else "nothing was saved"
@@ -154,13 +156,15 @@ def run(
                     score = plan.validate(step, out_of_time)
                     if score is not None:
                         row["val_accuracy"], row["val_ci95"] = score.mean, score.ci95
+                        row["val_loss"] = score.loss
+                        validated = {"val_accuracy": score.mean, "val_loss": score.loss}
                         if plan.learner is not None and main:
                             weights = plan.learner.state_dict()
-                            if score.mean > best_score:
-                                save_best(weights, step, score.mean, out)
+                            if rank(validated, plan.best_by) > best_score:
+                                save_best(weights, step, validated, out)
                             if plan.keep_best > 1:
-                                keep_best(weights, step, score.mean, out, kept, plan.keep_best)
-                        best_score = max(best_score, score.mean)
+                                keep_best(weights, step, validated, out, kept, plan.keep_best, plan.best_by)
+                        best_score = max(best_score, rank(validated, plan.best_by))
                     _log(row, metrics, board)
                     bar.set_postfix(
                         loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}", **plan.postfix(row)

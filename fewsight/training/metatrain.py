@@ -254,6 +254,7 @@ def train(
         validate=validate,
         learner=learner,
         keep_best=config.keep_best,
+        best_by=config.best_by,
         check_weights=True,
         postfix=lambda row: {"tasks_s": f"{row['tasks_per_s']:.0f}"},
         budget=time_budget,
