@@ -99,7 +99,7 @@ def run(
         keep_metrics_until(out / METRICS, start)
     last_good = start if state is not None else None
     best_score = best_score_until(out, start, plan.best_by)
-    kept = kept_scores_until(out, start, plan.best_by) if plan.keep_best > 1 and main else {}
+    kept_scores = kept_scores_until(out, start, plan.best_by) if plan.keep_best > 1 and main else {}
 
     def diverged(step: int) -> FewsightError:
         kept = f"checkpoint.pt (step {last_good}) is kept" if last_good is not None else "nothing was saved"
@@ -163,7 +163,9 @@ def run(
                             if rank(validated, plan.best_by) > best_score:
                                 save_best(weights, step, validated, out)
                             if plan.keep_best > 1:
-                                keep_best(weights, step, validated, out, kept, plan.keep_best, plan.best_by)
+                                keep_best(
+                                    weights, step, validated, out, kept_scores, plan.keep_best, plan.best_by
+                                )
                         best_score = max(best_score, rank(validated, plan.best_by))
                     _log(row, metrics, board)
                     bar.set_postfix(
