@@ -76,6 +76,8 @@ def trained(omniglot_train, tmp_path_factory) -> Path:
         (["--device", "meta"], "unsupported device 'meta'"),
         (["--device", "gpu"], "unknown device 'gpu'"),
         (["--device", "cuda:99"], "CUDA device"),
+        (["--cosine-floor", "0.5"], "--cosine-floor shapes the cosine schedule: add --cosine-lr"),
+        (["--cosine-lr", "--cosine-floor", "-1"], "--cosine-floor is a fraction of --meta-lr"),
     ],
 )
 def test_bad_train_flags_stop_before_any_work(no_data, tmp_path, argv, message):

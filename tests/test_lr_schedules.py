@@ -36,3 +36,16 @@ def test_two_schedules_at_once_are_refused(omniglot_train, tmp_path, capsys):
     flags = ["--cosine-lr", "--lr-halve-every", "2"]
     assert main(["train", "--steps", "3", *flags, *TINY, "--out", str(tmp_path / "run")]) != 0
     assert "keep one" in capsys.readouterr().err
+
+
+def test_the_cosine_floor_sets_where_the_cosine_ends(omniglot_train, tmp_path):
+    """MAML++'s code anneals to min_learning_rate; its miniImageNet configurations set it equal to the
+    meta learning rate, so --cosine-floor 1 keeps the rate constant along the whole run."""
+    assert cosine_lr(1e-3, 100, 100, 0.01) == pytest.approx(1e-5)
+    assert [
+        meta_learning_rate(1e-3, s, 100, True, 0, cosine_floor=1.0) for s in (1, 50, 100)
+    ] == pytest.approx([1e-3] * 3)
+    run = tmp_path / "run"
+    flags = ["--cosine-lr", "--cosine-floor", "0.5", "--steps", "3", *TINY, "--out", str(run)]
+    assert main(["train", *flags]) == 0
+    assert _optimiser_rate(run) == pytest.approx(5e-4)  # the last step: the floor, half of 1e-3

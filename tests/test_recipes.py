@@ -45,6 +45,8 @@ PROMISED = {  # recipe: settings its run must have
         "learned_inner_lr": True,
         "per_step_bn": True,
         "keep_best": 5,  # its code scores an ensemble of its 5 best-validated models
+        "multi_step_loss": 7500,  # 15 of its 100 epochs of 500 steps
+        "cosine_floor": 1.0,  # min_learning_rate = meta_learning_rate: a constant rate
     },
     "metabaseline-ref-1shot": {
         "backbone": "resnet12-512",

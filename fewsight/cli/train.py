@@ -84,7 +84,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--cosine-lr",
         action="store_true",
-        help="anneal the meta learning rate along a cosine from --meta-lr to 1%% of it over --steps",
+        help="anneal the meta learning rate along a cosine from --meta-lr to --cosine-floor of it over "
+        "--steps (--algorithm mamlpp turns it on)",
+    )
+    parser.add_argument(
+        "--cosine-floor",
+        type=float,
+        default=DEFAULTS.cosine_floor,
+        help="the cosine schedule's last rate as a fraction of --meta-lr (default: %(default)s, MAML++'s "
+        "1e-5 from 1e-3; its code's miniImageNet configurations set 1, a constant rate)",
     )
     parser.add_argument(
         "--lr-halve-every",

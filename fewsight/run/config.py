@@ -83,6 +83,7 @@ class RunConfig:
     per_step_bn: bool = False
     first_order_steps: int = 0  # derivative-order annealing: first order for this many meta-steps
     cosine_lr: bool = False
+    cosine_floor: float = 0.01  # the cosine schedule's last rate, as a fraction of meta_lr
     lr_halve_every: int = 0  # halve the meta learning rate every this many steps (ProtoNet); 0: off
     task_chunk: int = 0  # 0: all tasks of a meta-batch at once
     checkpoint_inner: bool = False
@@ -159,6 +160,10 @@ class RunConfig:
         for name in ("multi_step_loss", "first_order_steps", "task_chunk", "lr_halve_every"):
             if getattr(self, name) < 0:
                 raise FewsightError(f"--{name.replace('_', '-')} must be 0 (off) or more")
+        if not (math.isfinite(self.cosine_floor) and 0 <= self.cosine_floor <= 1):
+            raise FewsightError("--cosine-floor is a fraction of --meta-lr: use a value in [0, 1]")
+        if self.cosine_floor != RunConfig.cosine_floor and not self.cosine_lr and self.algorithm != "mamlpp":
+            raise FewsightError("--cosine-floor shapes the cosine schedule: add --cosine-lr, or drop it")
         if self.cosine_lr and self.lr_halve_every:
             raise FewsightError(
                 "--cosine-lr (which --algorithm mamlpp turns on) and --lr-halve-every are two schedules: "

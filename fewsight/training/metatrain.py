@@ -221,7 +221,7 @@ def train(
             batch = augment_tasks(batch, generator)
         learner.schedule(number)
         rate = meta_learning_rate(
-            config.meta_lr, number, config.steps, config.cosine_lr, config.lr_halve_every
+            config.meta_lr, number, config.steps, config.cosine_lr, config.lr_halve_every, config.cosine_floor
         )
         if rate is not None:
             set_learning_rate(optimizer, rate)

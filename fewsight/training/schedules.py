@@ -26,10 +26,12 @@ def dropped_lr(base: float, step: int, drop_after: int) -> float:
     return base * (0.1 if step > drop_after else 1.0)
 
 
-def meta_learning_rate(base: float, step: int, total: int, cosine: bool, halve_every: int) -> float | None:
+def meta_learning_rate(
+    base: float, step: int, total: int, cosine: bool, halve_every: int, cosine_floor: float = 0.01
+) -> float | None:
     """The scheduled meta learning rate of meta-step `step`, or None where the rate stays `base`."""
     if cosine:
-        return cosine_lr(base, step, total)
+        return cosine_lr(base, step, total, cosine_floor)
     if halve_every:
         return halving_lr(base, step, halve_every)
     return None
