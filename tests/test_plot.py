@@ -19,7 +19,7 @@ def test_plots_of_the_bundled_model(omniglot_train, tmp_path):
 
 def test_accuracy_against_adaptation_steps_for_maml(omniglot_train, tmp_path):
     run = tmp_path / "run"
-    train_tiny(run)
+    train_tiny(run, "--val-every", "1", "--val-episodes", "2")  # curves with validation loss and accuracy
     assert main(["plot", str(run), "--max-steps", "2", "--episodes", "2", "--quiet", "--device", "cpu"]) == 0
     assert {p.name for p in (run / "plots").iterdir()} == {"curves.png", "episode.png", "steps.png"}
 

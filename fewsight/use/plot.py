@@ -29,7 +29,8 @@ def _pyplot():
 
 
 def plot_curves(run: Path, out: Path) -> Path:
-    """Training loss and accuracy (and validation accuracy) against meta-steps, from metrics.jsonl."""
+    """Training loss and accuracy (and the validation ones) against meta-steps, from metrics.jsonl:
+    validation loss rising while training loss falls is overfitting, seen before accuracy shows it."""
     plt = _pyplot()
     metrics = run / "metrics.jsonl"
     if not metrics.is_file():
@@ -37,8 +38,14 @@ def plot_curves(run: Path, out: Path) -> Path:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     steps = [row["step"] for row in rows]
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot(steps, [row["loss"] for row in rows])
-    loss_axis.set(xlabel="meta-step", ylabel="query loss", yscale="log", title="training loss")
+    loss_axis.plot(steps, [row["loss"] for row in rows], label="training tasks")
+    with_loss = [row for row in rows if "val_loss" in row]  # runs written before it was kept have none
+    if with_loss:
+        loss_axis.plot(
+            [r["step"] for r in with_loss], [r["val_loss"] for r in with_loss], "o-", label="validation"
+        )
+    loss_axis.set(xlabel="meta-step", ylabel="query loss", yscale="log", title="loss")
+    loss_axis.legend()
     accuracy_axis.plot(steps, [row["accuracy"] for row in rows], label="training tasks")
     validated = [row for row in rows if "val_accuracy" in row]
     if validated:
