@@ -42,7 +42,10 @@ def plot_curves(run: Path, out: Path) -> Path:
     with_loss = [row for row in rows if "val_loss" in row]  # runs written before it was kept have none
     if with_loss:
         loss_axis.plot(
-            [r["step"] for r in with_loss], [r["val_loss"] for r in with_loss], "o-", label="validation"
+            [r["step"] for r in with_loss],
+            [r["val_loss"] for r in with_loss],
+            "o-",
+            label="validation episodes",
         )
     loss_axis.set(xlabel="meta-step", ylabel="query loss", yscale="log", title="loss")
     loss_axis.legend()
