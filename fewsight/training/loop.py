@@ -158,15 +158,16 @@ def run(
                         row["val_accuracy"], row["val_ci95"] = score.mean, score.ci95
                         row["val_loss"] = score.loss
                         validated = {"val_accuracy": score.mean, "val_loss": score.loss}
+                        ranked = rank(validated, plan.best_by)
                         if plan.learner is not None and main:
                             weights = plan.learner.state_dict()
-                            if rank(validated, plan.best_by) > best_score:
+                            if ranked > best_score:
                                 save_best(weights, step, validated, out)
                             if plan.keep_best > 1:
                                 keep_best(
                                     weights, step, validated, out, kept_scores, plan.keep_best, plan.best_by
                                 )
-                        best_score = max(best_score, rank(validated, plan.best_by))
+                        best_score = max(best_score, ranked)
                     _log(row, metrics, board)
                     bar.set_postfix(
                         loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}", **plan.postfix(row)

@@ -4,6 +4,7 @@ over the best-STEP.pt files that `fewsight train --keep-best K` keeps)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -26,8 +27,9 @@ class Ensemble(nn.Module):
         self.steps = steps  # the training step of each member's weights
 
     def query_logits(self, batch: TaskBatch) -> torch.Tensor:
-        probabilities = torch.stack([m.query_logits(batch).softmax(-1) for m in self.members])
-        return probabilities.mean(0).log()
+        # log of the mean probability, in log space: a probability that rounds to 0 stays finite
+        log_probabilities = torch.stack([m.query_logits(batch).log_softmax(-1) for m in self.members])
+        return log_probabilities.logsumexp(0) - math.log(len(self.members))
 
 
 def load_ensemble(folder: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, Ensemble]:
