@@ -162,3 +162,34 @@ def test_recording_times_both_paths_keeps_the_faster_and_puts_the_weights_back(o
         protonet, torch.optim.Adam(protonet.parameters()), batches(omniglot_train, 1)[0]
     )
     assert plain.path_seconds is None
+
+
+def test_processes_of_a_group_keep_the_replayed_path_untimed(omniglot_train, monkeypatch):
+    """Under torchrun no process times the paths: all run the replayed path's kernels."""
+    from fewsight.training import graphs
+    from tests.conftest import capture_eagerly
+
+    monkeypatch.setattr(graphs, "capture", capture_eagerly)
+    monkeypatch.setattr(graphs, "world", lambda: (0, 2))
+    monkeypatch.setattr(graphs, "average_gradients", lambda parameters: None)  # no group here
+    learner = build_learner(RunConfig(algorithm="maml", inner_steps=2))
+    step = GraphedTrainingStep(learner, torch.optim.Adam(learner.parameters()), batches(omniglot_train, 1)[0])
+    assert step.path_seconds is None and learner.replayed
+    assert step.update is not None  # the two-graph form a process group needs
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_both_paths_give_one_float32_meta_gradient(omniglot_train, device):
+    """MAML's two paths for a recorded step (vmap over grad, one level) agree in float32 too, not
+    only in float64: the recording may take either, and processes of a group may time them apart."""
+    torch.manual_seed(0)
+    learner = build_learner(RunConfig(algorithm="maml", inner_steps=1)).to(device)
+    batch = batches(omniglot_train, 1, device)[0]
+    gradients = []
+    for replayed in (True, False):
+        learner.replayed = replayed
+        learner.zero_grad(set_to_none=True)
+        learner.meta_loss(batch).loss.backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in learner.parameters()]))
+    replayed, one_level = gradients
+    assert (replayed - one_level).norm() <= 1e-4 * one_level.norm()

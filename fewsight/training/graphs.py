@@ -64,7 +64,9 @@ class GraphedTrainingStep:
     `step_variant()` changes, the step is recorded again. The warm-up runs that capturing needs would
     move the weights, so the learner's and optimiser's tensors are put back before recording: training
     goes on exactly as without the graph. A learner with two paths for a recorded step (MAML:
-    `has_replayed_path`) has both recorded and timed the first time, and the faster one is kept.
+    `has_replayed_path`) has both recorded and timed the first time, and the faster one is kept; under
+    torchrun it keeps the replayed path untimed, so that every process runs the same kernels (timings
+    of processes that share a card are noise, and ranks could choose differently).
 
     Under torchrun every process records its own share of the meta-batch. Collectives are not
     recorded, so there the step is two graphs: the first ends with the process's meta-gradient in
@@ -93,7 +95,7 @@ class GraphedTrainingStep:
         self.variant = self.learner.step_variant()
         saved = _snapshot(self.learner, self.optimizer)
         try:
-            if self.learner.has_replayed_path() and self.path_seconds is None:
+            if self.learner.has_replayed_path() and self.path_seconds is None and world()[1] == 1:
                 self._choose_path(saved)
             else:
                 self._capture()
