@@ -12,7 +12,7 @@
 # PRETRAIN_FLAGS are added to a new pre-training run's command in the same way.
 # Usage: benchmarks/miniimagenet_results.sh RUNS NAME, NAME one of ALGORITHM-1shot or ALGORITHM-5shot
 # (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet protonet-bn protonet-ref maml-ref mamlpp-ref weightpred
-# hypernet leo; protonet-ref-trainval after protonet-ref), resnet12-pretrain, metabaseline or metabaseline-5shot, classifier-ref, then
+# hypernet leo; protonet-ref-trainval after protonet-ref, or with TRAINVAL_STEPS), resnet12-pretrain, metabaseline or metabaseline-5shot, classifier-ref, then
 # metabaseline-ref-1shot or metabaseline-ref-5shot (PRETRAIN_WIDTH: the ResNet-12's width, 1).
 # The *-ref recipes and metabaseline-5shot take the settings of the papers' reference code (docs/RESULTS.md,
 # "Ablations"). PYTHON: the interpreter that has fewsight (default python3).
@@ -46,11 +46,15 @@ case $name in
     flags=(train --algorithm protonet "${episodic[@]}" --lr-halve-every 2000 --norm-scale-init uniform
            --joint-statistics --best-by loss --steps 20000) ;;
   # Snell et al.'s final model: protonet-ref trained again on the training and validation classes for
-  # as many steps as its best-validated weights had (needs RUNS/protonet-ref-Kshot/best.pt).
+  # as many steps as its best-validated weights had (RUNS/protonet-ref-Kshot/best.pt's step, or
+  # TRAINVAL_STEPS where that run's folder is elsewhere: docs/RESULTS.md gives its best steps).
   protonet-ref-trainval-[15]shot)
     best=$runs/protonet-ref-${shots}shot/best.pt
-    [ -f "$best" ] || { echo "$best is missing: run recipe protonet-ref-${shots}shot first" >&2; exit 2; }
-    steps=$("$python" -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=True)['step'])" "$best")
+    steps=${TRAINVAL_STEPS:-}
+    if [ -z "$steps" ]; then
+      [ -f "$best" ] || { echo "$best is missing: run recipe protonet-ref-${shots}shot first, or set TRAINVAL_STEPS" >&2; exit 2; }
+      steps=$("$python" -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=True)['step'])" "$best")
+    fi
     flags=(train --algorithm protonet "${episodic[@]}" --lr-halve-every 2000 --norm-scale-init uniform
            --joint-statistics --trainval --steps "$steps") ;;
   # The MAML family with MAML's settings (MAML++ is --algorithm mamlpp with all its switches).
