@@ -56,7 +56,8 @@ case $name in
       steps=$("$python" -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=True)['step'])" "$best")
     fi
     flags=(train --algorithm protonet "${episodic[@]}" --lr-halve-every 2000 --norm-scale-init uniform
-           --joint-statistics --trainval --steps "$steps") ;;
+           --joint-statistics --trainval --steps "$steps")
+    weights=last; suffix="" ;;  # no validation classes are left to pick best weights by
   # The MAML family with MAML's settings (MAML++ is --algorithm mamlpp with all its switches).
   maml-[15]shot|fomaml-[15]shot|metasgd-[15]shot|anil-[15]shot|mamlpp-[15]shot)
     flags=(train --algorithm "${name%-*}" "${maml[@]}" --shots "$shots") ;;
