@@ -137,7 +137,9 @@ def test_snells_final_model_trains_on_train_and_val_for_the_best_validated_steps
     assert missing.returncode == 2 and "run recipe protonet-ref-5shot first" in missing.stderr
     given = tmp_path / "given"  # no protonet-ref run there: the step count is given
     unbounded = SHORT.replace("--steps 2", "")
-    run_recipe(given, "protonet-ref-trainval-5shot", EXTRA_FLAGS=unbounded, TRAINVAL_STEPS="3", WEIGHTS="best")
+    run_recipe(
+        given, "protonet-ref-trainval-5shot", EXTRA_FLAGS=unbounded, TRAINVAL_STEPS="3", WEIGHTS="best"
+    )
     assert RunConfig.load(given / "protonet-ref-trainval-5shot").steps == 3
     scored = json.loads((given / "protonet-ref-trainval-5shot.eval-5shot.json").read_text())
     assert scored["step"] == 3  # WEIGHTS=best: no validation classes are left, so its last weights
