@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from fewsight.nets import Conv4, TaskBatchNorm, same_conv2d
 from fewsight.nets.batchnorm import batch_norm
-from fewsight.nets.pooling import pool_relu
+from fewsight.nets.pooling import max_pool2, pool_relu
 
 
 def test_conv4_shapes():
@@ -171,6 +171,22 @@ def test_batch_norm_second_derivative_inside_one_transform():
     fused = torch.func.grad(partial(second_order, batch_norm, x, bias=bias))(weight)
     written = torch.func.grad(partial(second_order, written_out_batch_norm, x, bias=bias))(weight)
     torch.testing.assert_close(fused, written, rtol=1e-10, atol=1e-10)
+
+
+def test_max_pool2_equals_torchs_with_indices_and_gradient():
+    """max_pool2 (channels-last on the CPU) gives torch's values, argmax indices (ties included:
+    small integers tie often) and input gradient, in torch's own layout, odd sizes included."""
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(2, 3, 6, 6), (2, 3, 7, 7), (1, 2, 5, 8)]:
+        x = torch.randint(0, 3, shape, generator=generator).double().requires_grad_()
+        pooled, indices = max_pool2(x, return_indices=True)
+        expected, expected_indices = F.max_pool2d(x, 2, return_indices=True)
+        assert torch.equal(pooled, expected) and torch.equal(indices, expected_indices)
+        assert pooled.is_contiguous() and indices.is_contiguous()
+        weights = torch.randn(expected.shape, dtype=torch.float64, generator=generator)
+        (grad,) = torch.autograd.grad((pooled * weights).sum(), x)
+        (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+        assert torch.equal(grad, expected_grad)
 
 
 def test_pool_relu_is_torchs_to_second_order():
