@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from fewsight.nets import Conv4, TaskBatchNorm, same_conv2d
 from fewsight.nets.batchnorm import batch_norm
-from fewsight.nets.pooling import max_pool2, pool_relu
+from fewsight.nets.pooling import max_pool2_with_indices, pool_relu
 
 
 def test_conv4_shapes():
@@ -173,13 +173,13 @@ def test_batch_norm_second_derivative_inside_one_transform():
     torch.testing.assert_close(fused, written, rtol=1e-10, atol=1e-10)
 
 
-def test_max_pool2_equals_torchs_with_indices_and_gradient():
-    """max_pool2 (channels-last on the CPU) gives torch's values, argmax indices (ties included:
+def test_max_pool2_with_indices_equals_torchs_with_gradient():
+    """max_pool2_with_indices (channels-last on the CPU) gives torch's values, argmax indices (ties included:
     small integers tie often) and input gradient, in torch's own layout, odd sizes included."""
     generator = torch.Generator().manual_seed(0)
     for shape in [(2, 3, 6, 6), (2, 3, 7, 7), (1, 2, 5, 8)]:
         x = torch.randint(0, 3, shape, generator=generator).double().requires_grad_()
-        pooled, indices = max_pool2(x, return_indices=True)
+        pooled, indices = max_pool2_with_indices(x)
         expected, expected_indices = F.max_pool2d(x, 2, return_indices=True)
         assert torch.equal(pooled, expected) and torch.equal(indices, expected_indices)
         assert pooled.is_contiguous() and indices.is_contiguous()

@@ -24,7 +24,7 @@ class _PoolReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor) -> tuple:
-        pooled, indices = max_pool2(x, return_indices=True)
+        pooled, indices = max_pool2_with_indices(x)
         return pooled.relu(), indices
 
     @staticmethod
@@ -90,14 +90,13 @@ def _pool_backward(grad: torch.Tensor, x: torch.Tensor, indices: torch.Tensor) -
     )
 
 
-def max_pool2(x: torch.Tensor, return_indices: bool = False) -> Any:
-    """`F.max_pool2d(x, 2)` of (B, C, H, W): the same values and indices, on the CPU computed
-    channels-last, where torch's kernel runs several times faster (docs/BENCHMARKS.md)."""
-    plain = x.device.type != "cpu" or x.ndim != 4 or torch.jit.is_tracing()
-    if plain or torch._C._are_functorch_transforms_active():  # (a batched tensor has no such layout)
-        return F.max_pool2d(x, 2, return_indices=return_indices)
-    pooled = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, return_indices=return_indices)
-    return tuple(t.contiguous() for t in pooled) if return_indices else pooled.contiguous()
+def max_pool2_with_indices(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`F.max_pool2d(x, 2, return_indices=True)` of (B, C, H, W): the same values and indices, on the
+    CPU computed channels-last, where torch's kernel runs several times faster (docs/BENCHMARKS.md)."""
+    if x.device.type != "cpu":
+        return F.max_pool2d(x, 2, return_indices=True)
+    pooled, indices = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, return_indices=True)
+    return pooled.contiguous(), indices.contiguous()
 
 
 def pool_relu(x: torch.Tensor) -> torch.Tensor:
