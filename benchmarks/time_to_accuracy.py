@@ -64,6 +64,8 @@ class Race:
     limit: float
     eval_every: float
     val_episodes: int
+    eval_steps: int = 0  # score every this many meta-steps instead of every eval_every seconds
+    max_steps: int = 0  # stop after this many meta-steps (0: no limit)
 
 
 PAPER = {  # the MAML paper's 5-way 1-shot settings and accuracy, per data set
@@ -171,11 +173,16 @@ def run_race(
             "val_ci95": accuracy.ci95,
             "eval_seconds": time.perf_counter() - start,
         }
-        if accuracy.mean >= race.target or trained >= race.limit:
+        if accuracy.mean >= race.target or trained >= race.limit or steps == (race.max_steps or None):
             return
         scoring_at = min(race.limit, (trained // race.eval_every + 1) * race.eval_every)
+        stop_at = race.max_steps or None  # the step count of the next scoring, where steps set it
+        if race.eval_steps:
+            scoring_at = race.limit
+            next_multiple = (steps // race.eval_steps + 1) * race.eval_steps
+            stop_at = min(next_multiple, race.max_steps or next_multiple)
         start = time.perf_counter()
-        while trained + time.perf_counter() - start < scoring_at:
+        while trained + time.perf_counter() - start < scoring_at and steps != stop_at:
             contestant.step(train.sample(config.meta_batch, generator))
             steps += 1
         synchronize(train.device)
@@ -280,6 +287,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--eval-every", type=float, default=20, help="seconds of training between two scorings (20)"
     )
+    parser.add_argument(
+        "--eval-steps",
+        type=int,
+        default=0,
+        help="score every this many meta-steps instead of every --eval-every seconds, so that the "
+        "contestants' curves meet at equal steps (0: by seconds)",
+    )
+    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many meta-steps (0: none)")
     parser.add_argument("--val-episodes", type=int, default=200, help="fixed validation episodes (200)")
     parser.add_argument("--meta-batch", type=int, help="tasks per meta-step (32 Omniglot, 4 miniImageNet)")
     parser.add_argument("--queries", type=int, default=15, help="query images per class (15)")
@@ -305,6 +320,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--contestants takes fewsight, peer or both, comma-separated")
     if not 0 <= args.target <= 1 or args.limit <= 0 or args.eval_every <= 0:
         parser.error("--target must be in [0, 1], --limit and --eval-every positive")
+    if args.eval_steps < 0 or args.max_steps < 0:
+        parser.error("--eval-steps and --max-steps must be 0 or positive")
     args.device = torch.device(args.device) if args.device else default_device()
     if args.cuda_graphs is None:
         args.cuda_graphs = args.device.type == "cuda"
@@ -315,7 +332,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    race = Race(args.target, args.limit, args.eval_every, args.val_episodes)
+    race = Race(args.target, args.limit, args.eval_every, args.val_episodes, args.eval_steps, args.max_steps)
     config = maml_config(args.meta_batch, args.seed, args.cuda_graphs, args.dataset, args.queries)
     task = f"{args.dataset} 5-way 1-shot, second-order MAML"
     task += "" if args.queries == 15 else f", {args.queries} queries a class"

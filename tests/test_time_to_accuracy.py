@@ -51,6 +51,13 @@ def test_race_scores_on_its_training_clock_and_stops_at_the_limit(samplers):
     assert done["steps_per_s"] == pytest.approx(rows[-1]["steps"] / rows[-1]["train_seconds"])
 
 
+def test_race_by_steps_scores_at_multiples_of_its_step_count_and_stops_at_max_steps(samplers):
+    config = maml_config(meta_batch=1, seed=0, cuda_graphs=False)
+    race = Race(target=1.01, limit=600, eval_every=0.01, val_episodes=1, eval_steps=2, max_steps=5)
+    rows = list(run_race(fewsight_contestant(config, CPU), race, *samplers, config))
+    assert [row["steps"] for row in rows] == [0, 2, 4, 5]  # the seconds of eval_every play no part
+
+
 def test_peer_trains_the_same_model_and_is_scored_by_fewsight(samplers):
     pytest.importorskip("higher")
     config = maml_config(meta_batch=1, seed=0, cuda_graphs=False)
@@ -84,7 +91,14 @@ def test_cli_stops_at_the_first_scoring_once_the_target_is_met_and_keeps_earlier
         "cpu",
     ]
     settings = {"task": "omniglot 5-way 1-shot, second-order MAML", "target": 0.0, "limit": 600.0}
-    settings |= {"eval_every": 20.0, "val_episodes": 1, "meta_batch": 1, "seed": 0}
+    settings |= {
+        "eval_every": 20.0,
+        "val_episodes": 1,
+        "eval_steps": 0,
+        "max_steps": 0,
+        "meta_batch": 1,
+        "seed": 0,
+    }
     earlier = {"time_to_target": 1.0, "steps_to_target": 10, "steps_per_s": 10.0, "device": "H100"}
     out.write_text(json.dumps({"settings": settings, "contestants": {"earlier": earlier}}))
     main([*flags, "--contestants", "fewsight"])
