@@ -132,6 +132,9 @@ resume=(); [ -f "$runs/$name/config.json" ] && resume=(--resume)
 [ -z "${resume[*]}" ] && [ "${flags[0]}" = train ] && flags+=("${length[@]}" ${EXTRA_FLAGS:-})
 # shellcheck disable=SC2206
 [ -z "${resume[*]}" ] && [ "${flags[0]}" = pretrain ] && flags+=(${PRETRAIN_FLAGS:-})
+# A resumed run takes every setting from its config.json: the recipe's flags are not given again, as
+# EXTRA_FLAGS may have overridden some of them (e.g. --meta-batch 2), which --resume would refuse.
+[ -n "${resume[*]}" ] && flags=("${flags[0]}" --quiet)
 mkdir -p "$runs"
 start=$SECONDS
 timeout -s INT "$limit" "$python" -m fewsight "${flags[@]}" --out "$runs/$name" "${resume[@]}" >>"$runs/$name.log" 2>&1

@@ -143,3 +143,16 @@ def test_snells_final_model_trains_on_train_and_val_for_the_best_validated_steps
     assert RunConfig.load(given / "protonet-ref-trainval-5shot").steps == 3
     scored = json.loads((given / "protonet-ref-trainval-5shot.eval-5shot.json").read_text())
     assert scored["step"] == 3  # WEIGHTS=best: no validation classes are left, so its last weights
+
+
+def test_a_run_whose_extra_flags_override_its_recipe_resumes_with_its_own_settings(tmp_path):
+    """EXTRA_FLAGS here override the recipe's --meta-batch 4 and --image-size 84; a second call resumes
+    the run from its config.json instead of giving the recipe's flags again (which --resume refuses)."""
+    if not SAMPLE.is_dir():
+        pytest.skip("../shared/data/miniimagenet-sample is not here")
+    for _ in range(2):
+        run_recipe(tmp_path, "maml-1shot")
+    log = (tmp_path / "maml-1shot.log").read_text()
+    assert "error" not in log and log.count("trained: ") == 2, log
+    config = RunConfig.load(tmp_path / "maml-1shot")
+    assert (config.meta_batch, config.image_size, config.inner_lr) == (1, 32, 0.01)
