@@ -49,20 +49,13 @@ def test_two_processes_give_the_single_process_meta_gradient(omniglot_train, tmp
     assert (averaged - single).norm() / single.norm() < 1e-12
 
 
-def assert_same_weights(one: dict, two: dict, noisy: float = 0.0, steps: int = 3, lr: float = 1e-3) -> None:
+def assert_same_weights(one: dict, two: dict) -> None:
     """Equal to float32 rounding, except the convolution biases that feed batch norm: their exact
     gradient is zero, so the computed one is rounding noise, which Adam scales up to steps of
-    ±learning rate whose signs depend on the order of the sums. On a GPU a few other elements have
-    gradients at the noise level too (one of 36,864 in a Conv4 layer, seen on an H200): a fraction
-    `noisy` of each tensor may differ, by at most Adam's largest move, `steps` x `lr`."""
+    ±learning rate whose signs depend on the order of the sums."""
     for name in one:
-        if name.endswith("conv.bias"):
-            continue
-        close = torch.isclose(two[name], one[name], rtol=1e-5, atol=1e-6)
-        if noisy == 0:
+        if not name.endswith("conv.bias"):
             torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
-        assert (~close).float().mean() <= noisy, f"{name}: {int((~close).sum())} elements differ"
-        assert ((two[name] - one[name]).abs() <= steps * lr).all(), name
 
 
 def _fewsight(args: list[str], processes: int, cwd) -> None:
@@ -191,16 +184,24 @@ def _train_in_process(rank: int, port: int, settings: dict, out: str) -> None:
 @cuda
 def test_torchrun_training_with_cuda_graphs_equals_one_process(omniglot_train, tmp_path, monkeypatch):
     """`train` under a process group of 2 (gloo, one GPU may hold both) takes the graphed step, and
-    its weights equal those of one process with the same meta-batch and seed."""
+    its weights equal those of one process with the same meta-batch and seed.
+
+    With SGD as the meta-optimiser: on a GPU the 2-task and 4-task kernels round differently, and
+    Adam turns those float32 differences into different steps wherever a gradient is at the noise
+    level (its update is lr * g / (|g| + eps)); second-order MAML then amplifies them step by step
+    (on an H100 the two runs' meta-gradients differed by 1e-6, 3e-2 and 3e-1, relative, at steps
+    1 to 3 with Adam, `benchmarks/group_training_divergence.py`). SGD passes the rounding on as it
+    is, so that equality to float32 rounding is the property tested; Adam inside the group's graphs
+    is tested in float64 (MAML++, above)."""
     settings = {"algorithm": "maml", "meta_batch": 4, "queries": 2, "steps": 3, "trainval": True}
+    settings |= {"meta_optimizer": "sgd"}
     port = 31500 + os.getpid() % 1000
     mp.spawn(_train_in_process, args=(port, settings, str(tmp_path / "two")), nprocs=2)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     # The group's processes take the replayed path untimed; so does the one process here, so that
-    # both run the same kernels (an H100 run on 2026-12-06 at 11fb7bf, where every process timed its
-    # paths, differed in 97% of the first layer's weights, by 1e-4 to 2e-4 in those printed).
+    # both run the same kernels.
     monkeypatch.setattr(GraphedTrainingStep, "_choose_path", lambda step, saved: step._capture())
     metatrain.train(RunConfig(**settings), tmp_path / "one", device="cuda", progress=False)
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["learner"]
     two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["learner"]
-    assert_same_weights(one, two, noisy=1e-3)
+    assert_same_weights(one, two)
