@@ -12,7 +12,8 @@ the peer runs benchmarks/peers.py's per-task loop on a plain-torch twin of the m
 --eval-every seconds of training (evaluation is off the training clock) the current weights are
 scored by fewsight's evaluator on the same fixed `val` episodes (with the test-time inner steps), the
 peer's after copying them back into a fewsight learner; a contestant stops when it reaches --target
-or after --limit seconds of training.
+or after --limit seconds of training. With --eval-steps N the scoring comes every N meta-steps
+instead (and --max-steps stops a contestant), so that two contestants' curves meet at equal steps.
 """
 
 from __future__ import annotations
