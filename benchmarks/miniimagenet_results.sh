@@ -2,7 +2,8 @@
 # One of the miniImageNet runs behind docs/RESULTS.md: train recipe NAME into RUNS/NAME on the GPU
 # CUDA_VISIBLE_DEVICES picks, stopped (with a checkpoint) after $SECONDS_PER_CALL seconds or at the
 # end of its schedule, then evaluate it on $EPISODES fixed test episodes (5-way, $EVAL_QUERIES or 15 queries per class):
-# 1-shot and 5-shot for the model-based runs, their own shot count for the MAML family. A run that
+# 1-shot and 5-shot for the model-based runs, their own shot count for the MAML family (also with K
+# queries a class at K shots, as the MAML paper's code tests, NAME.eval-Kshot-Kq.json). A run that
 # already exists is resumed (from its checkpoint, or from step 0 if it stopped before its first).
 # Several recipes run side by side on one GPU as separate calls.
 # WEIGHTS=best scores the run's best-validated weights (best.pt, RUNS/NAME.eval-Kshot-best.json),
@@ -139,18 +140,21 @@ mkdir -p "$runs"
 start=$SECONDS
 timeout -s INT "$limit" "$python" -m fewsight "${flags[@]}" --out "$runs/$name" "${resume[@]}" >>"$runs/$name.log" 2>&1
 echo "trained for $((SECONDS - start)) s" >>"$runs/$name.log"
-evaluate() {  # shots [norm]: the model-based runs are also scored with fixed (population)
-  local start=$SECONDS norm=${2:-task} tag=""  # batch-norm statistics, RUNS/NAME.eval-Kshot-population.json
-  [ "$norm" = population ] && tag=-population
-  "$python" -m fewsight eval "$runs/$name" --ways 5 --shots "$1" --queries "$queries" --episodes "$episodes" \
+evaluate() {  # shots [norm [queries]]: the model-based runs are also scored with fixed (population)
+  local start=$SECONDS norm=${2:-task} count=${3:-$queries} tag=""  # batch-norm statistics,
+  [ "$norm" = population ] && tag=-population  # RUNS/NAME.eval-Kshot-population.json
+  [ "$count" = "$queries" ] || tag=$tag-${count}q
+  "$python" -m fewsight eval "$runs/$name" --ways 5 --shots "$1" --queries "$count" --episodes "$episodes" \
     --batch "$batch" --weights "$weights" --norm "$norm" --json --quiet \
     >"$runs/$name.eval-${1}shot$tag$suffix.json" 2>>"$runs/$name.log"
-  echo "evaluated ${1}-shot ($norm statistics) in $((SECONDS - start)) s" >>"$runs/$name.log"
+  echo "evaluated ${1}-shot ($norm statistics, $count queries) in $((SECONDS - start)) s" >>"$runs/$name.log"
 }
+# The MAML family is also scored as the MAML paper's code scores it: K query images a class at K
+# shots (RUNS/NAME.eval-Kshot-Kq.json), which moves a transductive score (docs/RESULTS.md).
 case $name in
   protonet-*|weightpred-*|hypernet-*|resnet12-*|classifier-ref|metabaseline*)
     evaluate 1; evaluate 5; evaluate 1 population; evaluate 5 population ;;
-  *-1shot) evaluate 1 ;;
-  *-5shot) evaluate 5 ;;
+  *-1shot) evaluate 1; evaluate 1 task 1 ;;
+  *-5shot) evaluate 5; evaluate 5 task 5 ;;
 esac
 touch "$runs/$name.done"

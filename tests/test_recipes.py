@@ -117,6 +117,9 @@ def test_a_reference_recipe_runs_on_the_sample_with_its_settings(runs, recipe):
     assert (runs / f"{recipe}.done").exists(), (runs / f"{recipe}.log").read_text()
     scored = json.loads((runs / f"{recipe}.eval-{shots}shot.json").read_text())
     assert (scored["episodes"], scored["shots"], scored["step"]) == (2, shots, 2) and 0 <= scored["mean"] <= 1
+    if recipe.startswith("maml"):  # also as the MAML paper scores: K queries a class at K shots
+        paper = json.loads((runs / f"{recipe}.eval-{shots}shot-{shots}q.json").read_text())
+        assert (paper["queries"], paper["shots"], paper["episodes"]) == (shots, shots, 2)
 
 
 def test_snells_final_model_trains_on_train_and_val_for_the_best_validated_steps(tmp_path):
