@@ -77,11 +77,12 @@ def main() -> None:
         GraphedTrainingStep._choose_path = lambda step, saved: step._capture()  # the group's path
         record_steps(Path(folder) / "one.pt")
         metatrain.train(RunConfig(**settings), Path(folder) / "one", device="cuda", progress=False)
-        one, group = (torch.load(Path(folder) / f"{name}.pt") for name in ("one", "rank0"))
+        one, group, other = (torch.load(Path(folder) / f"{name}.pt") for name in ("one", "rank0", "rank1"))
     print("relative distance of the group's tensors to one process's: weights before the step, its")
     print("meta-gradient, weights after it (largest absolute difference)")
-    for number, (a, b) in enumerate(zip(one, group, strict=True), start=1):
-        print(f"step {number}: loss {a['loss']:.6f} (one process) vs {b['loss']:.6f} (rank 0's 2 tasks)")
+    for number, (a, b, c) in enumerate(zip(one, group, other, strict=True), start=1):
+        mean = (b["loss"] + c["loss"]) / 2  # each rank's loss is that of its own 2 tasks
+        print(f"step {number}: loss {a['loss']:.6f} (one process) vs {mean:.6f} (the group's mean)")
         for name in a["grad"]:
             largest = float((b["after"][name] - a["after"][name]).abs().max())
             print(
