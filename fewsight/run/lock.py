@@ -47,7 +47,12 @@ def run_folder_lock(out: Path) -> Iterator[None]:
         yield
         return
     made = [folder for folder in (out, *out.parents) if not folder.exists()]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FewsightError(
+            f"cannot make the run folder {out} ({error.strerror}); pass an --out where you can write"
+        ) from error
     try:
         descriptor = _acquire(out)
         _held.add(out.resolve())
