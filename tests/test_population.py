@@ -13,7 +13,7 @@ from fewsight.nets.population import (
     has_population_statistics,
 )
 from fewsight.use.export import load_exported
-from fewsight.use.models import load_model
+from fewsight.use.models import BUNDLED, load_model
 from tests.conftest import SHARED_DATA, make_task, train_tiny
 
 SAMPLE = SHARED_DATA / "miniimagenet-sample"
@@ -114,3 +114,11 @@ def test_the_bundled_miniimagenet_model_ships_statistics_of_its_own_weights(recw
     assert has_population_statistics(learner) and not recwarn.list
     norms = [m for m in learner.modules() if isinstance(m, TaskBatchNorm)]
     assert all(torch.isfinite(m.population_mean).all() and (m.population_var > 0).all() for m in norms)
+
+
+def test_a_bundled_model_keeps_no_statistics_in_the_package(capsys):
+    bundled = BUNDLED / "omniglot"
+    before = sorted(p.name for p in bundled.iterdir())
+    result, err = _eval(capsys, "omniglot", "--norm", "population", "--keep-statistics")
+    assert result is None and err.count("\n") == 1 and "copy its folder" in err
+    assert sorted(p.name for p in bundled.iterdir()) == before

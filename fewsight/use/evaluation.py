@@ -24,7 +24,7 @@ from fewsight.run.warmstart import backbone_of
 from fewsight.training.evaluate import Accuracy, evaluate
 from fewsight.training.pretrain import is_pretrain_run
 from fewsight.use.ensemble import Ensemble, load_ensemble
-from fewsight.use.models import bundled_names, load_model, max_ways, resolve_run
+from fewsight.use.models import BUNDLED, bundled_names, load_model, max_ways, resolve_run
 
 POPULATION_IMAGES = 10_000  # training images behind norm="population"
 
@@ -127,6 +127,11 @@ def evaluate_run(
             "--weights ensemble scores the run as it trained: drop --norm population and --metric"
         )
     folder = resolve_run(model)
+    if keep_statistics and folder.parent == BUNDLED:
+        raise FewsightError(
+            f"--keep-statistics would change the bundled model {folder.name} for every later use; "
+            f"copy its folder (cp -r {folder} MYMODEL) and keep them there"
+        )
     if weights == "ensemble":
         config, learner = load_ensemble(folder, device)
     else:
