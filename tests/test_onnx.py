@@ -39,8 +39,9 @@ def assert_same_logits(onnx_file: Path, exported: Path, queries: Path) -> list[s
     return names
 
 
-def export(model: str, support: Path, out: Path, format: str) -> None:
-    args = ["export", model, "--out", str(out), "--format", format, "--device", "cpu"]
+def export(model: str, support: Path, out: Path, format: str | None) -> None:
+    args = ["export", model, "--out", str(out), "--device", "cpu"]
+    args += ["--format", format] if format else []
     assert main([*args, "--support", str(support)] if support else args) == 0
 
 
@@ -48,7 +49,7 @@ def export(model: str, support: Path, out: Path, format: str) -> None:
 def test_bundled_protonet_runs_the_same_in_onnx_runtime(drawings, tmp_path, classes):
     support, queries = make_task(drawings, tmp_path, classes=classes, queries=2)
     export("omniglot", support, tmp_path / "c.pt", "pt")
-    export("omniglot", support, tmp_path / "c.onnx", "onnx")
+    export("omniglot", support, tmp_path / "c.onnx", None)  # the suffix asks for ONNX
     assert len(assert_same_logits(tmp_path / "c.onnx", tmp_path / "c.pt", queries)) == classes
 
 
@@ -93,3 +94,10 @@ def test_a_pt_file_is_not_exported_again(tmp_path, capsys):
     (tmp_path / "c.pt").write_bytes(b"x")
     assert main(["export", str(tmp_path / "c.pt"), "--out", str(tmp_path / "d.pt")]) == 2
     assert "--format onnx converts it" in capsys.readouterr().err
+
+
+def test_an_out_suffix_that_contradicts_the_format_is_refused(tmp_path, capsys):
+    for out, format in (("c.onnx", "pt"), ("c.pt", "onnx")):
+        assert main(["export", "omniglot", "--out", str(tmp_path / out), "--format", format]) == 2
+        assert "make them agree" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -22,10 +22,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="file to write")
     parser.add_argument(
         "--format",
-        default="pt",
         choices=("pt", "onnx"),
         help="pt: fewsight's own file; onnx: an ONNX model for ONNX Runtime and other runtimes, "
-        "needs pip install 'fewsight[onnx]' (default: %(default)s)",
+        "needs pip install 'fewsight[onnx]' (default: onnx for an --out ending in .onnx, else pt)",
     )
     device_flag(parser)
 
@@ -34,8 +33,17 @@ def run(args: argparse.Namespace) -> None:
     from fewsight.use.export import export_classifier
     from fewsight.use.predict import adapted_classifier
 
+    args.format = _format(args.format, args.out)
     if Path(args.model).is_file() and args.format == "pt":
         raise FewsightError(f"{args.model} is already an exported classifier; --format onnx converts it")
     config, classifier, names = adapted_classifier(args.model, args.support, pick_device(args.device))
     export_classifier(config, classifier, names, args.out, args.format)
     print(f"exported a {len(names)}-class classifier to {args.out} ({args.out.stat().st_size // 1024} KiB)")
+
+
+def _format(asked: str | None, out: Path) -> str:
+    """The --format asked for, else the one --out's suffix names; a suffix naming the other refused."""
+    named = {".onnx": "onnx", ".pt": "pt"}.get(out.suffix.lower())
+    if asked is not None and named not in (None, asked):
+        raise FewsightError(f"--out {out} names a .{named} file but --format is {asked}; make them agree")
+    return asked or named or "pt"
