@@ -86,3 +86,11 @@ def test_predict_csv_into_a_missing_folder_says_so_and_names_the_fix(tmp_path, c
     assert error.count("\n") == 1 and "Errno" not in error
     assert f"the folder {csv.parent} does not exist; create it (mkdir -p {csv.parent})" in error
     assert "or choose another path" in error
+
+
+def test_predict_csv_naming_a_folder_says_so_before_any_work(tmp_path, capsys):
+    folder = str(tmp_path)
+    assert main(["predict", "omniglot", "--support", folder, "--query", folder, "--csv", folder]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Errno" not in error
+    assert f"--csv {tmp_path} is a folder; name a file in it" in error

@@ -17,6 +17,13 @@ def test_plots_of_the_bundled_model(omniglot_train, tmp_path):
     assert not (tmp_path / "steps.png").exists()  # model-based: one forward pass, no steps
 
 
+def test_an_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["plot", "omniglot", "--out", str(tmp_path / "file"), "--quiet", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is a file; plot writes PNG files into a folder" in error
+
+
 def test_accuracy_against_adaptation_steps_for_maml(omniglot_train, tmp_path):
     run = tmp_path / "run"
     train_tiny(run, "--val-every", "1", "--val-episodes", "2")  # curves with validation loss and accuracy

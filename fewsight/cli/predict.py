@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> None:
             f"--csv {args.csv}: the folder {args.csv.parent} does not exist; create it "
             f"(mkdir -p {quote(str(args.csv.parent))}) or choose another path"
         )
+    if args.csv and args.csv.is_dir():
+        raise FewsightError(
+            f"--csv {args.csv} is a folder; name a file in it, e.g. {args.csv / 'predictions.csv'}"
+        )
     config, classifier, names = adapted_classifier(args.model, args.support, pick_device(args.device))
     predictions = predict(classifier, query_paths(args.query), config, names)
     if args.csv:

@@ -162,6 +162,8 @@ def plot_run(
         raise FewsightError("--max-steps and --episodes must be at least 1")
     run = resolve_run(model)
     out = out or (Path("plots") if run.parent == BUNDLED else run / "plots")
+    if out.exists() and not out.is_dir():
+        raise FewsightError(f"--out {out} is a file; plot writes PNG files into a folder: name one")
     out.mkdir(parents=True, exist_ok=True)
     config, learner = load_model(run, device)
     data = load_split(config, split, data_root, progress)
