@@ -98,7 +98,7 @@ def test_out_below_a_file_is_refused_in_one_line(no_data, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     status, _, err = run_cli(["train", "--device", "cpu", "--out", str(tmp_path / "file" / "run")])
     assert_clear_error(status, err)
-    assert "cannot make the run folder" in err and "pass an --out where you can write" in err
+    assert "cannot make that folder" in err and "choose a path where you can write" in err
 
 
 @pytest.mark.parametrize(

@@ -101,3 +101,14 @@ def test_an_out_suffix_that_contradicts_the_format_is_refused(tmp_path, capsys):
         assert main(["export", "omniglot", "--out", str(tmp_path / out), "--format", format]) == 2
         assert "make them agree" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_an_out_that_is_a_folder_or_under_a_file_is_refused_in_one_line(drawings, tmp_path, capsys):
+    assert main(["export", "omniglot", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder; name a file in it" in capsys.readouterr().err
+    support, _ = make_task(drawings, tmp_path, classes=2)
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "c.pt"
+    assert main(["export", "omniglot", "--support", str(support), "--out", str(out), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--out {out}: cannot make the folder {out.parent}" in error

@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> None:
     from fewsight.use.predict import adapted_classifier
 
     args.format = _format(args.format, args.out)
+    if args.out.is_dir():
+        example = args.out / f"classifier.{args.format}"
+        raise FewsightError(f"--out {args.out} is a folder; name a file in it, e.g. {example}")
     if Path(args.model).is_file() and args.format == "pt":
         raise FewsightError(f"{args.model} is already an exported classifier; --format onnx converts it")
     config, classifier, names = adapted_classifier(args.model, args.support, pick_device(args.device))

@@ -69,6 +69,19 @@ def full_disk(path: Path, error: OSError, room: str) -> FewsightError | None:
     return FewsightError(f"could not write {path}: the disk is full ({error.strerror or error}); {room}")
 
 
+def make_folder(folder: Path, flag: str, given: Path | None = None) -> None:
+    """`mkdir -p folder` for the path a user gave as `flag` (`given`, by default the folder itself),
+    or one line naming that path, the folder and the fix."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        which = "that folder" if given is None else f"the folder {folder}"
+        raise FewsightError(
+            f"{flag} {folder if given is None else given}: cannot make {which} "
+            f"({error.strerror or error}); choose a path where you can write"
+        ) from error
+
+
 def write_atomic(data: bytes, path: Path, room: str = "free some space on that disk") -> None:
     """Write `data` to a temporary file beside `path`, flush it to disk, then rename it over `path`.
     On any failure the temporary file is removed and `path` is left as it was; a full disk is said

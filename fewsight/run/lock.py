@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from fewsight.errors import FewsightError
+from fewsight.run.files import make_folder
 
 try:
     import fcntl
@@ -47,12 +48,7 @@ def run_folder_lock(out: Path) -> Iterator[None]:
         yield
         return
     made = [folder for folder in (out, *out.parents) if not folder.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise FewsightError(
-            f"cannot make the run folder {out} ({error.strerror}); pass an --out where you can write"
-        ) from error
+    make_folder(out, "--out")
     try:
         descriptor = _acquire(out)
         _held.add(out.resolve())

@@ -13,7 +13,7 @@ from fewsight.algorithms import MAML, AdaptedClassifier, ParameterPredictor, Pre
 from fewsight.errors import FewsightError
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
-from fewsight.run.files import DamagedFile, load_verified, serialise, write_atomic
+from fewsight.run.files import DamagedFile, load_verified, make_folder, serialise, write_atomic
 from fewsight.use.onnx import onnx_bytes
 
 EXPORT_FORMAT = "fewsight-classifier/1"
@@ -62,7 +62,7 @@ def export_classifier(
 ) -> None:
     """Write an adapted classifier as one small file (see `classifier_bytes`)."""
     data = classifier_bytes(config, classifier, class_names, format)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent, "--out", out)
     write_atomic(data, out, "free some space on that disk, or export to another --out on a disk with room")
 
 

@@ -13,6 +13,7 @@ from fewsight.algorithms import MAML, MetaLearner
 from fewsight.data import EpisodeSampler
 from fewsight.errors import FewsightError
 from fewsight.run.build import load_split
+from fewsight.run.files import make_folder
 from fewsight.training.evaluate import evaluate
 from fewsight.use.models import BUNDLED, load_model, resolve_run
 
@@ -164,7 +165,7 @@ def plot_run(
     out = out or (Path("plots") if run.parent == BUNDLED else run / "plots")
     if out.exists() and not out.is_dir():
         raise FewsightError(f"--out {out} is a file; plot writes PNG files into a folder: name one")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "--out")
     config, learner = load_model(run, device)
     data = load_split(config, split, data_root, progress)
     sampler = EpisodeSampler(data, config.ways, config.shots, config.queries, device)
