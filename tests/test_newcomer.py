@@ -94,3 +94,9 @@ def test_predict_csv_naming_a_folder_says_so_before_any_work(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Errno" not in error
     assert f"--csv {tmp_path} is a folder; name a file in it" in error
+
+    beside = tmp_path / "file"
+    beside.write_text("not a folder")
+    csv = str(beside / "x.csv")
+    assert main(["predict", "omniglot", "--support", folder, "--query", folder, "--csv", csv]) == 2
+    assert f"{beside} is a file, not a folder" in capsys.readouterr().err

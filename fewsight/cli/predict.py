@@ -28,7 +28,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from fewsight.use.predict import adapted_classifier, predict, query_paths, write_csv
 
-    if args.csv and not args.csv.parent.is_dir():  # checked before the model is loaded
+    if args.csv and args.csv.parent.exists() and not args.csv.parent.is_dir():  # checked before any work
+        raise FewsightError(f"--csv {args.csv}: {args.csv.parent} is a file, not a folder; choose another")
+    if args.csv and not args.csv.parent.is_dir():
         raise FewsightError(
             f"--csv {args.csv}: the folder {args.csv.parent} does not exist; create it "
             f"(mkdir -p {quote(str(args.csv.parent))}) or choose another path"
