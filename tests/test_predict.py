@@ -166,3 +166,13 @@ def test_bundled_miniimagenet_model_recognises_unseen_classes(mini_test_photos, 
     assert len(predictions) == 25
     correct = sum(Path(row[0]).name.split("-")[0] == row[1] for row in predictions)
     assert correct >= 9, predictions
+
+
+def test_a_folder_too_small_to_validate_on_says_what_to_do(drawings, tmp_path, capsys):
+    support, _ = make_task(drawings, tmp_path, classes=3, shots=4, queries=0)  # 60/20/20: 1 val class
+    argv = ["train", "--dataset", str(support), "--algorithm", "protonet", "--ways", "2", "--shots", "1"]
+    argv += ["--queries", "1", "--steps", "1", "--image-size", "28", "--quiet", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert "the validation split has 1 class, too few for 2-way episodes" in error and "--trainval" in error
+    assert main([*argv, "--trainval", "--out", str(tmp_path / "run")]) == 0

@@ -16,6 +16,7 @@ from fewsight.algorithms import MetaLearner
 from fewsight.data import EpisodeSampler
 from fewsight.data.augment import augment_tasks
 from fewsight.data.episodes import TaskBatch
+from fewsight.errors import FewsightError
 from fewsight.run.algorithms import apply_preset
 from fewsight.run.build import assign_classes, build_learner, load_split
 from fewsight.run.config import MODEL_BASED, RunConfig
@@ -121,6 +122,12 @@ def _validation_sampler(
     miniImageNet, whose validation split has 16)."""
     data = load_split(config, "val", data_root, progress)
     ways = config.ways if config.algorithm not in MODEL_BASED else min(config.ways, data.num_classes)
+    if data.num_classes < max(ways, 2):
+        raise FewsightError(
+            f"the validation split has {data.num_classes} class{'es' * (data.num_classes != 1)}, too few "
+            f"for {max(ways, 2)}-way episodes: "
+            "add classes to the data set or train with --trainval (no validation split)"
+        )
     return EpisodeSampler(data, ways, config.shots, config.queries, device)
 
 
