@@ -173,13 +173,18 @@ def test_resume_keeps_the_run_length_unless_raised_and_warns_of_a_stretched_cosi
     assert main(["train", "--quiet", "--device", "cpu", "--out", str(run), "--resume"]) == 0
     assert RunConfig.load(run).steps == 2  # not the 60,000 of a new run: the schedule is unchanged
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2
-    capsys.readouterr()
+    assert "warning" not in capsys.readouterr().err
     assert main(["train", "--steps", "3", "--quiet", "--device", "cpu", "--out", str(run), "--resume"]) == 0
     error = capsys.readouterr().err
     assert error.startswith("fewsight: warning: --steps 3 extends this run from 2 steps")
     assert error.count("\n") == 1  # one line, no file name or source line
     assert RunConfig.load(run).steps == 3
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert main(["train", "--steps", "2", "--quiet", "--device", "cpu", "--out", str(run), "--resume"]) == 0
+    error = capsys.readouterr().err  # never cut, but the command that asked for it hears why
+    assert error.startswith("fewsight: warning: --steps 2 is shorter than this run's 3 steps")
+    assert "it keeps 3" in error
+    assert RunConfig.load(run).steps == 3
 
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(omniglot_train, tmp_path, capsys):

@@ -59,8 +59,15 @@ def merge_resume_settings(
 
 def resumed_length(saved: int, asked: int, unit: str, cosine: bool) -> int:
     """A resumed run's length in `unit` (steps, epochs): the longer of its own and the one asked for,
-    so a run may be extended but never cut. A cosine schedule spans the new length from then on: its
-    rate jumps back up, which changes what the run learns, so say so."""
+    so a run may be extended but never cut (a shorter one asked for gets a warning). A cosine schedule
+    spans the new length from then on: its rate jumps back up, which changes what the run learns, so
+    say so."""
+    if 1 < asked < saved:  # 1: the length left out of a --resume command (fewsight.cli.common.settings)
+        warnings.warn(
+            f"--{unit} {asked} is shorter than this run's {saved} {unit}, and a run is never cut: it keeps "
+            f"{saved} (--time stops a command sooner; fewsight eval scores any checkpoint)",
+            stacklevel=2,
+        )
     if asked > saved and cosine:
         warnings.warn(
             f"--{unit} {asked} extends this run from {saved} {unit}: its cosine learning-rate schedule "
