@@ -2,6 +2,7 @@
 
 import errno
 import io
+import json
 import os
 import pickle
 import random
@@ -179,6 +180,9 @@ def test_resume_falls_back_to_the_newest_intact_kept_checkpoint(three_checkpoint
     shutil.copytree(three_checkpoints / "run3", run)
     if lost == "deleted":
         (run / "checkpoint.pt").unlink()
+        assert main(["eval", str(run), "--episodes", "2", "--quiet", "--device", "cpu"]) == 2
+        error = capsys.readouterr().err  # one line, with the copy that a finished run needs
+        assert f"{run}/checkpoint.pt is missing; checkpoint-3.pt (step 3) is intact: copy it over" in error
         expected = f"{run}/checkpoint.pt is missing; resuming from checkpoint-3.pt (step 3) instead"
     else:
         flip_a_byte(run / "checkpoint.pt")
@@ -189,7 +193,8 @@ def test_resume_falls_back_to_the_newest_intact_kept_checkpoint(three_checkpoint
             f"{run}/checkpoint.pt is damaged (" in error
             and "fails its CRC-32 check), so it was not used" in error
         )
-        assert "checkpoint-2.pt (step 2) is intact: continue the run from it with fewsight train" in error
+        assert "checkpoint-2.pt (step 2) is intact: copy it over checkpoint.pt (cp " in error
+        assert f"or go on from it with fewsight train --resume --out {run}" in error
         assert len(error.strip().splitlines()) == 1
         expected = f"{run}/checkpoint-3.pt is damaged ("
     assert (
@@ -369,3 +374,18 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(
     monkeypatch.undo()
     assert main(["train", *flags, "--out", str(run), "--resume"]) == 0  # once there is room again
     assert read_checkpoint(run / "checkpoint.pt")["step"] == 3
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_scored_by_no_one_and_says_how_to_go_on(
+    three_checkpoints, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(three_checkpoints / "run3", run)
+    for checkpoint in run.glob("checkpoint*.pt"):
+        checkpoint.unlink()
+    assert main(["eval", str(run), "--episodes", "2", "--quiet", "--device", "cpu"]) == 2
+    assert f"continue it with fewsight train --resume --out {run}" in capsys.readouterr().err
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "pretrain": {}}))  # as a pretrain run's
+    assert main(["eval", str(run), "--episodes", "2", "--quiet", "--device", "cpu"]) == 2
+    assert f"continue it with fewsight pretrain --resume --out {run}" in capsys.readouterr().err

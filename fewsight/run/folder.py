@@ -4,6 +4,7 @@ run's checkpoint and learner."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from dataclasses import fields
@@ -185,23 +186,34 @@ def load_checkpoint(folder: Path, device: torch.device | str = "cpu", weights: s
                 "use --weights last; --resume writes a new one when validation next scores best"
             ) from error
     path = Path(folder) / LATEST
+    if not path.is_file() and numbered(Path(folder)):
+        raise FewsightError(f"{path} is missing; {_what_to_do(Path(folder))}")
     if not path.is_file():
-        raise FewsightError(f"{folder} has no {LATEST} yet; train it first (fewsight train --out {folder})")
+        raise FewsightError(
+            f"{folder} has no {LATEST} yet (it stopped before its first); continue it with "
+            f"fewsight {_command(Path(folder))} --resume --out {folder}"
+        )
     try:
         return read_checkpoint(path, device)
     except DamagedFile as error:
         raise error.fixed_by(_what_to_do(Path(folder))) from error
 
 
+def _command(folder: Path) -> str:
+    """The command that writes the run folder: pretrain or train."""
+    return "pretrain" if "pretrain" in json.loads((folder / CONFIG).read_text()) else "train"
+
+
 def _what_to_do(folder: Path) -> str:
-    """What to do about a damaged checkpoint.pt: resume from, or copy, the newest intact one kept."""
+    """What to do about a damaged or missing checkpoint.pt: copy, or go on from, the newest intact one
+    kept (a finished run's --resume trains nothing and so writes no checkpoint.pt: hence the copy)."""
     try:
         kept, state, _ = newest_intact(folder)
     except FewsightError:
         return "no intact checkpoint-STEP.pt is kept beside it: restore it from a backup, or train again"
     return (
-        f"{kept.name} (step {state['step']}) is intact: continue the run from it with fewsight train "
-        f"--out {folder} --resume, or copy it over {LATEST}"
+        f"{kept.name} (step {state['step']}) is intact: copy it over {LATEST} (cp {kept} {folder / LATEST}), "
+        f"or go on from it with fewsight {_command(folder)} --resume --out {folder}"
     )
 
 
