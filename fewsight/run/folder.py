@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import torch
@@ -191,7 +192,7 @@ def load_checkpoint(folder: Path, device: torch.device | str = "cpu", weights: s
     if not path.is_file():
         raise FewsightError(
             f"{folder} has no {LATEST} yet (it stopped before its first); continue it with "
-            f"fewsight {_command(Path(folder))} --resume --out {folder}"
+            f"fewsight {_command(Path(folder))} --resume --out {quote(str(folder))}"
         )
     try:
         return read_checkpoint(path, device)
@@ -212,8 +213,9 @@ def _what_to_do(folder: Path) -> str:
     except FewsightError:
         return "no intact checkpoint-STEP.pt is kept beside it: restore it from a backup, or train again"
     return (
-        f"{kept.name} (step {state['step']}) is intact: copy it over {LATEST} (cp {kept} {folder / LATEST}), "
-        f"or go on from it with fewsight {_command(folder)} --resume --out {folder}"
+        f"{kept.name} (step {state['step']}) is intact: copy it over {LATEST} "
+        f"(cp {quote(str(kept))} {quote(str(folder / LATEST))}), "
+        f"or go on from it with fewsight {_command(folder)} --resume --out {quote(str(folder))}"
     )
 
 
