@@ -1,13 +1,14 @@
-"""A/B of the eager MAML meta-step of two fewsight checkouts on the CPU, in one process, one thread.
+"""A/B of the eager meta-step of two fewsight checkouts on the CPU, in one process, one thread (--threads).
 
 Both checkouts are imported into this process (the second after the first's modules are dropped;
 each learner keeps its own code), and their meta-steps alternate, so that both see the same load:
-on a shared machine a paired ratio is steadier than two runs' times. Omniglot 5-way 1-shot, 15
-queries per class, 5 inner steps, random images (no data needed). Prints the median step of each and
-the median of the paired ratios.
+on a shared machine a paired ratio is steadier than two runs' times. MAML on Omniglot 5-way 1-shot,
+15 queries per class, 5 inner steps by default, random images (no data needed). Prints the median
+step of each and the median of the paired ratios.
 
 Usage: python benchmarks/cpu_ab.py OLD_CHECKOUT NEW_CHECKOUT [--tasks 2] [--width 0.0625]
-[--task-chunk 0] [--rounds 21]. A checkout is a directory holding `fewsight/` (for an old commit:
+[--task-chunk 0] [--rounds 21] [--algorithm maml] [--dataset omniglot] [--inner-steps 5]
+[--queries 15] [--threads 1]. A checkout is a directory holding `fewsight/` (for an old commit:
 `git archive COMMIT | tar -x -C DIR`). Width 0.0625 (4 channels) makes the step mostly Python.
 """
 
@@ -24,8 +25,8 @@ from pathlib import Path
 import torch
 
 
-def load_step(checkout: str, tasks: int, width: float, task_chunk: int) -> Callable[[], None]:
-    """One meta-step (loss and backward) of a MAML learner built by `checkout`'s code."""
+def load_step(checkout: str, args: argparse.Namespace) -> Callable[[], None]:
+    """One meta-step (loss and backward) of a learner built by `checkout`'s code."""
     for name in [m for m in sys.modules if m == "fewsight" or m.startswith("fewsight.")]:
         del sys.modules[name]
     sys.path.insert(0, checkout)
@@ -36,14 +37,16 @@ def load_step(checkout: str, tasks: int, width: float, task_chunk: int) -> Calla
         bench = importlib.import_module(layout)
     finally:
         sys.path.remove(checkout)
-    options = ((("width", width),) if width != 1 else ()) + (
-        (("task_chunk", task_chunk),) if task_chunk else ()
+    options = ((("width", args.width),) if args.width != 1 else ()) + (
+        (("task_chunk", args.task_chunk),) if args.task_chunk else ()
     )
-    case = bench.Case("omniglot", "maml", 5, 1, tasks, options=options)
+    case = bench.Case(
+        args.dataset, args.algorithm, 5, 1, args.tasks, args.inner_steps, args.queries, options=options
+    )
     torch.manual_seed(0)
     learner = bench.build_learner(case.config())
     learner.per_task = False
-    batch = bench.meta_batch(case, tasks, torch.device("cpu"), torch.float32)
+    batch = bench.meta_batch(case, args.tasks, torch.device("cpu"), torch.float32)
 
     def step() -> None:
         learner.zero_grad()
@@ -60,12 +63,15 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.0625)
     parser.add_argument("--task-chunk", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--algorithm", default="maml")
+    parser.add_argument("--dataset", default="omniglot", choices=["omniglot", "miniimagenet"])
+    parser.add_argument("--inner-steps", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     checkouts = {"old": args.old, "new": args.new}
-    steps = {
-        name: load_step(path, args.tasks, args.width, args.task_chunk) for name, path in checkouts.items()
-    }
+    steps = {name: load_step(path, args) for name, path in checkouts.items()}
     for step in steps.values():  # warm-up
         step()
         step()
@@ -78,7 +84,8 @@ def main() -> None:
     old, new = (1000 * statistics.median(times[name]) for name in ("old", "new"))
     ratio = statistics.median(n / o for o, n in zip(times["old"], times["new"], strict=True))
     print(
-        f"{args.tasks} tasks, width {args.width}, task chunk {args.task_chunk}: old {old:.1f} ms, "
+        f"{args.algorithm} on {args.dataset}, {args.tasks} tasks, {args.inner_steps} inner steps, "
+        f"{args.queries} queries, width {args.width}, task chunk {args.task_chunk}: old {old:.1f} ms, "
         f"new {new:.1f} ms, paired new/old {ratio:.2f}"
     )
 

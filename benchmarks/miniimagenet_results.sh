@@ -12,8 +12,8 @@
 # a resumed run keeps its settings and length (60,000 steps unless EXTRA_FLAGS said otherwise).
 # PRETRAIN_FLAGS are added to a new pre-training run's command in the same way.
 # Usage: benchmarks/miniimagenet_results.sh RUNS NAME, NAME one of ALGORITHM-1shot or ALGORITHM-5shot
-# (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet protonet-bn protonet-ref maml-ref mamlpp-ref weightpred
-# hypernet leo; protonet-ref-trainval after protonet-ref, or with TRAINVAL_STEPS), resnet12-pretrain, metabaseline or metabaseline-5shot, classifier-ref, then
+# (ALGORITHM: maml fomaml metasgd anil mamlpp reptile protonet protonet-bn protonet-ref maml-ref mamlpp-ref
+# reptile-ref weightpred hypernet leo; protonet-ref-trainval after protonet-ref, or with TRAINVAL_STEPS), resnet12-pretrain, metabaseline or metabaseline-5shot, classifier-ref, then
 # metabaseline-ref-1shot or metabaseline-ref-5shot (PRETRAIN_WIDTH: the ResNet-12's width, 1).
 # The *-ref recipes and metabaseline-5shot take the settings of the papers' reference code (docs/RESULTS.md,
 # "Ablations"). PYTHON: the interpreter that has fewsight (default python3).
@@ -86,6 +86,15 @@ case $name in
   leo-[15]shot) flags=(train --algorithm leo --ways 5 --shots "$shots" --meta-batch 4 --inner-steps 5 --inner-lr 1.0) ;;
   # Reptile (Nichol et al. 2018: 8 inner steps, 50 at test, 5 tasks a meta-batch) with fewsight's
   # update: plain SGD steps of 0.01 on support and query images, Adam on theta - mean(phi). Not tuned.
+  # Reptile as its reference code (openai/supervised-reptile) runs it on miniImageNet: 8 inner Adam
+  # steps (beta1 = 0) of 0.001 on mini-batches of 10 of a task's 15 images a class (the support set and
+  # 15 - K queries), 5 tasks a meta-batch, a meta step of 1 falling linearly to 0 (plain SGD on
+  # theta - mean phi), 100,000 steps, 50 inner steps on the support set at test (its code: mini-batches
+  # of 15 at 5 shots), validated every 5,000 steps; its code scores 1 query a class (NAME.eval-Kshot-1q.json).
+  reptile-ref-[15]shot)
+    flags=(train --algorithm reptile --ways 5 --shots "$shots" --meta-batch 5 --inner-steps 8
+           --inner-optimizer adam --inner-lr 0.001 --inner-batch 10 --eval-inner-steps 50
+           --meta-optimizer sgd --meta-momentum 0 --meta-lr 1 --linear-lr --steps 100000) ;;
   reptile-1shot) flags=(train --algorithm reptile --ways 5 --shots 1 --inner-lr 0.01 --inner-steps 8
                         --eval-inner-steps 50 --meta-batch 5) ;;
   reptile-5shot) flags=(train --algorithm reptile --ways 5 --shots 5 --inner-lr 0.01 --inner-steps 8
@@ -124,6 +133,7 @@ case $name in
   *) echo "unknown recipe $name" >&2; exit 2 ;;
 esac
 [ "${flags[0]}" = train ] && flags+=("${common[@]}")
+[[ $name = reptile-ref-* ]] && flags+=(--queries $((15 - shots)) --val-every 5000)
 [[ $name = metabaseline* ]] && flags+=(--val-every 500)
 # A new run's length and EXTRA_FLAGS; a resumed run keeps its own (so its cosine schedule is unchanged).
 length=(--steps 60000); [ "$name" = metabaseline ] && length=(--steps "${META_STEPS:-2000}")
@@ -154,6 +164,7 @@ evaluate() {  # shots [norm [queries]]: the model-based runs are also scored wit
 case $name in
   protonet-*|weightpred-*|hypernet-*|resnet12-*|classifier-ref|metabaseline*)
     evaluate 1; evaluate 5; evaluate 1 population; evaluate 5 population ;;
+  reptile-ref-*) evaluate "$shots"; evaluate "$shots" task 1 ;;  # its code: 1 query a class
   *-1shot) evaluate 1; evaluate 1 task 1 ;;
   *-5shot) evaluate 5; evaluate 5 task 5 ;;
 esac

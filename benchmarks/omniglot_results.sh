@@ -3,7 +3,8 @@
 # checkpoint) after $SECONDS_PER_CALL seconds so that they resume across calls of a time-limited
 # machine, then evaluated on 1,000 test episodes. A run whose folder exists is resumed (its settings
 # and length kept; from step 0 if it stopped before its first checkpoint).
-# Usage: benchmarks/omniglot_results.sh {maml-family|model-based|five-shot|reptile|rest-light|rest-heavy|mamlpp} RUNS_DIR
+# Usage: benchmarks/omniglot_results.sh {maml-family|model-based|five-shot|reptile|reptile-ref|rest-light|rest-heavy|mamlpp}
+# RUNS_DIR
 # ONLY="name name ..." launches only those runs of the family (e.g. ONLY="hypernet-5w1s").
 set -u
 family=${1:?family}; runs=${2:?RUNS_DIR}
@@ -92,11 +93,29 @@ case $family in
     launch reptile-20w1s "${reptile[@]}" "${twenty[@]}"
     launch reptile-20w5s "${reptile[@]}" --ways 20 --shots 5 --meta-batch 16
     ;;
+  reptile-ref)
+    # Reptile as its reference code (openai/supervised-reptile) runs it on Omniglot: Adam inner steps
+    # (beta1 = 0) on mini-batches of a task's 10 images a class (support set and 10 - K queries), 5 tasks
+    # a meta-batch, a plain meta step of 1 towards mean(phi) falling linearly to 0, 50 inner steps on the
+    # support set at test (its code: mini-batches of 10 at 20 ways); 5-way: 5 steps of 0.001 on batches
+    # of 10, 100,000 meta-steps; 20-way: 10 steps of 0.0005 on batches of 20, 200,000. Also scored with
+    # 1 query a class, as its code scores (NAME.eval-1q.json).
+    ref=(--algorithm reptile --inner-optimizer adam --meta-batch 5 --meta-optimizer sgd --meta-momentum 0
+         --meta-lr 1 --linear-lr --eval-inner-steps 50)
+    five_ref=(--ways 5 --inner-steps 5 --inner-lr 0.001 --inner-batch 10 --steps 100000)
+    twenty_ref=(--ways 20 --inner-steps 10 --inner-lr 0.0005 --inner-batch 20 --steps 200000)
+    launch reptile-ref-5w1s "${ref[@]}" "${five_ref[@]}" --shots 1 --queries 9
+    launch reptile-ref-5w5s "${ref[@]}" "${five_ref[@]}" --shots 5 --queries 5
+    launch reptile-ref-20w1s "${ref[@]}" "${twenty_ref[@]}" --shots 1 --queries 9
+    launch reptile-ref-20w5s "${ref[@]}" "${twenty_ref[@]}" --shots 5 --queries 5
+    ;;
   *) echo "unknown family $family" >&2; exit 2 ;;
 esac
 wait
 for name in "${names[@]}"; do
   python3 -m fewsight eval "$runs/$name" --episodes 1000 --json --quiet >"$runs/$name.eval.json" 2>>"$runs/$name.log" &
+  [[ $name = reptile-ref-* ]] && python3 -m fewsight eval "$runs/$name" --episodes 1000 --queries 1 --json --quiet \
+    >"$runs/$name.eval-1q.json" 2>>"$runs/$name.log" &
 done
 wait
 for name in "${names[@]}"; do

@@ -58,6 +58,14 @@ RECORDED = {  # name: the run's settings
     "maml": {"algorithm": "maml"},
     "protonet": {"algorithm": "protonet"},
     "reptile": {"algorithm": "reptile"},
+    "reptile-adam": {  # Adam's second moment, a buffer updated in the step; a plain SGD meta step
+        "algorithm": "reptile",
+        "inner_optimizer": "adam",
+        "inner_lr": 0.001,
+        "meta_optimizer": "sgd",
+        "meta_momentum": 0.0,
+        "meta_lr": 0.5,
+    },
     "mamlpp": {"algorithm": "mamlpp", "multi_step_loss": 2, "first_order_steps": 2},
     "metabaseline-stage": {  # SGD with momentum and weight decay, all the step's images one batch
         "algorithm": "protonet",

@@ -1,11 +1,12 @@
 """The meta learning-rate schedules: ProtoNet's halving (Snell et al.) as a function of the step, set
-on the optimiser by `fewsight train`, followed exactly by a resumed run, and refused beside the cosine."""
+on the optimiser by `fewsight train`, followed exactly by a resumed run, and refused beside another;
+Reptile's linear fall with a plain SGD step; the settings that apply to some optimisers only."""
 
 import pytest
 import torch
 
 from fewsight.cli import main
-from fewsight.training.schedules import cosine_lr, halving_lr, meta_learning_rate
+from fewsight.training.schedules import cosine_lr, halving_lr, linear_lr, meta_learning_rate
 
 TINY = ["--algorithm", "protonet", "--ways", "3", "--meta-batch", "1", "--queries", "1"]
 TINY += ["--log-every", "1", "--val-every", "100", "--checkpoint-every", "100", "--quiet", "--device", "cpu"]
@@ -20,6 +21,12 @@ def test_halving_halves_after_every_interval():
     assert meta_learning_rate(1e-3, 7, 100, cosine=False, halve_every=0) is None
 
 
+def test_the_linear_schedule_falls_from_the_rate_towards_zero():
+    """Reptile's code: frac_done = i / meta_iters, step size (1 - frac_done) * 1 for i = 0 .. 99,999."""
+    assert [linear_lr(1.0, s, 100_000) for s in (1, 50_001, 100_000)] == pytest.approx([1.0, 0.5, 1e-5])
+    assert meta_learning_rate(1.0, 3, 4, cosine=False, halve_every=0, linear=True) == pytest.approx(0.5)
+
+
 def _optimiser_rate(run):
     return torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"]
 
@@ -32,10 +39,40 @@ def test_train_halves_the_rate_and_a_resumed_run_follows(omniglot_train, tmp_pat
     assert _optimiser_rate(run) == pytest.approx(2.5e-4)  # step 5: twice, the saved schedule kept
 
 
-def test_two_schedules_at_once_are_refused(omniglot_train, tmp_path, capsys):
-    flags = ["--cosine-lr", "--lr-halve-every", "2"]
+@pytest.mark.parametrize(
+    "flags", [["--cosine-lr", "--lr-halve-every", "2"], ["--linear-lr", "--lr-halve-every", "2"]]
+)
+def test_two_schedules_at_once_are_refused(omniglot_train, tmp_path, capsys, flags):
     assert main(["train", "--steps", "3", *flags, *TINY, "--out", str(tmp_path / "run")]) != 0
     assert "keep one" in capsys.readouterr().err
+
+
+def test_a_plain_sgd_step_falling_linearly_is_what_train_sets(omniglot_train, tmp_path):
+    run = tmp_path / "run"
+    flags = ["--meta-optimizer", "sgd", "--meta-momentum", "0", "--meta-lr", "1", "--linear-lr"]
+    assert main(["train", "--steps", "4", *flags, *TINY, "--out", str(run)]) == 0
+    group = torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["momentum"]) == (pytest.approx(0.25), 0.0)  # step 4 of 4: 1 - 3/4
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--meta-momentum", "0"], "--meta-momentum is the momentum of --meta-optimizer sgd"),
+        (["--meta-optimizer", "sgd", "--meta-momentum", "1"], "--meta-momentum must be in [0, 1)"),
+        (["--inner-optimizer", "adam"], "--inner-optimizer applies to --algorithm reptile only"),
+        (["--inner-batch", "4"], "--inner-batch applies to --algorithm reptile only"),
+    ],
+)
+def test_settings_that_do_not_apply_are_refused_in_one_line(omniglot_train, tmp_path, capsys, flags, says):
+    assert main(["train", "--steps", "3", *TINY, *flags, "--out", str(tmp_path / "run")]) != 0
+    assert says in capsys.readouterr().err
+
+
+def test_reptile_refuses_mini_batches_larger_than_its_tasks(omniglot_train, tmp_path, capsys):
+    flags = ["--algorithm", "reptile", "--inner-batch", "7"]  # 3 ways x (1 shot + 1 query) = 6 images
+    assert main(["train", "--steps", "1", *TINY, *flags, "--out", str(tmp_path / "run")]) != 0
+    assert "--inner-batch 7 is more than a task's 6 images" in capsys.readouterr().err
 
 
 def test_the_cosine_floor_sets_where_the_cosine_ends(omniglot_train, tmp_path):

@@ -167,6 +167,8 @@ def test_int8_quantisation_keeps_every_weight_within_half_a_step():
     step = stored["conv"]["scale"].view(-1, 1, 1, 1)
     assert ((restored["conv"] - state["conv"]).abs() <= step / 2 + 1e-7).all()
     assert (state["conv"].abs().flatten(1).amax(1) == (127 * stored["conv"]["scale"])).all()
+    moments = {"second_moment_4": torch.rand(64, 32, 3, 3) * 1e-9}  # Reptile's Adam: kept exact
+    assert quantise(moments)["second_moment_4"] is moments["second_moment_4"]
 
 
 def test_a_bundled_int8_model_loads_and_computes_what_its_run_does(pretrained, tmp_path):

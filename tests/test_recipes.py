@@ -48,6 +48,18 @@ PROMISED = {  # recipe: settings its run must have
         "multi_step_loss": 7500,  # 15 of its 100 epochs of 500 steps
         "cosine_floor": 1.0,  # min_learning_rate = meta_learning_rate: a constant rate
     },
+    "reptile-ref-1shot": {
+        "inner_optimizer": "adam",
+        "inner_lr": 0.001,
+        "inner_batch": 10,
+        "inner_steps": 8,
+        "eval_inner_steps": 50,
+        "meta_batch": 1,  # SHORT's; the recipe's 5
+        "meta_optimizer": "sgd",
+        "meta_momentum": 0.0,  # a plain step of 1 towards the adapted weights, falling linearly to 0
+        "meta_lr": 1.0,
+        "linear_lr": True,
+    },
     "metabaseline-ref-1shot": {
         "backbone": "resnet12-512",
         "input_norm": "imagenet",
@@ -117,9 +129,10 @@ def test_a_reference_recipe_runs_on_the_sample_with_its_settings(runs, recipe):
     assert (runs / f"{recipe}.done").exists(), (runs / f"{recipe}.log").read_text()
     scored = json.loads((runs / f"{recipe}.eval-{shots}shot.json").read_text())
     assert (scored["episodes"], scored["shots"], scored["step"]) == (2, shots, 2) and 0 <= scored["mean"] <= 1
-    if recipe.startswith("maml"):  # also as the MAML paper scores: K queries a class at K shots
-        paper = json.loads((runs / f"{recipe}.eval-{shots}shot-{shots}q.json").read_text())
-        assert (paper["queries"], paper["shots"], paper["episodes"]) == (shots, shots, 2)
+    if recipe.startswith(("maml", "reptile")):  # also as their papers score: K (Reptile: 1) queries a class
+        queries = 1 if recipe.startswith("reptile") else shots
+        paper = json.loads((runs / f"{recipe}.eval-{shots}shot-{queries}q.json").read_text())
+        assert (paper["queries"], paper["shots"], paper["episodes"]) == (queries, shots, 2)
 
 
 def test_snells_final_model_trains_on_train_and_val_for_the_best_validated_steps(tmp_path):

@@ -245,15 +245,19 @@ class MAML(MetaLearner):
         and pool kernels, torch's double backward of them) instead of torch.func's Python around every
         custom autograd Function call, about twice as fast on the CPU (docs/BENCHMARKS.md).
         """
+        return self._autograd_step(fast, self.batched_support_loss(params, support_x, support_y, step), step)
+
+    def batched_support_loss(
+        self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int
+    ) -> Callable[[Params], torch.Tensor]:
+        """The support losses of all tasks (tasks first) at inner step `step`, vmapped and summed, as a
+        function of their adapted parameters; its gradient is every task's own."""
 
         def task_loss(fast: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
             logits = self.forward_with(self.step_params(params, fast, step), support_x)
             return F.cross_entropy(logits, support_y)
 
-        def support_loss(fast: Params) -> torch.Tensor:
-            return torch.vmap(task_loss, randomness="different")(fast, support_x, support_y).sum()
-
-        return self._autograd_step(fast, support_loss, step)
+        return lambda fast: torch.vmap(task_loss, randomness="different")(fast, support_x, support_y).sum()
 
     def _autograd_step(self, fast: Params, loss: Callable[[Params], torch.Tensor], step: int) -> Params:
         """`fast` after inner step `step` down the plain-autograd gradient of `loss(fast)`; with the

@@ -38,11 +38,19 @@ def _meta_gradient(learner: MAML, batch: TaskBatch, per_task: bool) -> torch.Ten
     )
 
 
+def _reseed(device: torch.device) -> None:
+    """Seed the generators the two paths draw from (the CPU's and `device`'s) alike."""
+    torch.default_generator.manual_seed(0)
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.default_generators[index].manual_seed(0)
+
+
 def check_meta_gradient(learner: MAML, batch: TaskBatch, tasks: int = 2) -> float:
     """Relative difference (Euclidean norm) between the vectorised and the per-task meta-gradient of
     `learner` on the first `tasks` tasks of `batch`, in float64; the learner, its gradients and the
-    random generators are left as they were. Raises what the vectorised path raises for a model
-    torch.func cannot take."""
+    random generators are left as they were, and both paths draw the same random numbers (Reptile's
+    mini-batches). Raises what the vectorised path raises for a model torch.func cannot take."""
     sample = batch.tasks_between(0, min(tasks, batch.tasks))
     sample = replace(sample, support_x=sample.support_x.double(), query_x=sample.query_x.double())
     device = sample.query_x.device
@@ -51,6 +59,8 @@ def check_meta_gradient(learner: MAML, batch: TaskBatch, tasks: int = 2) -> floa
         torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
         torch.autocast(device.type, enabled=False),
     ):
+        _reseed(device)
         vectorised = _meta_gradient(learner, sample, per_task=False)
+        _reseed(device)
         reference = _meta_gradient(learner, sample, per_task=True)
     return float((vectorised - reference).norm() / reference.norm().clamp(min=1e-300))

@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fewsight.algorithms.reptile import INNER_OPTIMIZERS
 from fewsight.errors import FewsightError
 from fewsight.nets.inputs import INPUT_NORMS
 from fewsight.run.algorithms import REGISTRY
@@ -45,8 +46,10 @@ HELP = {
     "eval_inner_steps": "inner gradient steps at validation and test time "
     f"(default: {DEFAULTS.eval_inner_steps}; {_OWN_STEPS})",
     "meta_lr": "learning rate of the meta-update",
-    "meta_optimizer": "optimiser of the meta-update: adam, or sgd with momentum 0.9 (Meta-Baseline's stage: "
-    "--meta-optimizer sgd --meta-lr 1e-3 --weight-decay 5e-4)",
+    "meta_optimizer": "optimiser of the meta-update: adam, or sgd with --meta-momentum (Meta-Baseline's "
+    "stage: --meta-optimizer sgd --meta-lr 1e-3 --weight-decay 5e-4)",
+    "meta_momentum": "momentum of --meta-optimizer sgd (Reptile's code: 0, a plain step of --meta-lr "
+    "times theta - mean phi)",
     "weight_decay": "L2 weight decay of the meta-update",
     "meta_grad_clip": "clip every element of the meta-gradient to [-this, this] before the update (the MAML "
     "paper's code clips at 10 on miniImageNet; 0: off)",
@@ -66,6 +69,10 @@ HELP = {
     "towards the last step over this many meta-steps (0: off; mamlpp: 10%% of --steps)",
     "first_order_steps": "MAML++ derivative-order annealing: first-order meta-gradient for this many "
     "meta-steps, then second order (mamlpp: 0 means a third of --steps; 1 is second order at once)",
+    "inner_optimizer": "reptile: plain inner steps of --inner-lr, or adam's (beta1 = 0, its second moment "
+    "carried from task to task, as Reptile's code: --inner-lr 0.001)",
+    "inner_batch": "reptile: images per inner step while meta-training, the next ones of the task's support "
+    "and query images in a random order (Reptile's code: 10); 0: all of them",
     "task_chunk": "memory: meta-gradient of this many tasks at a time, each chunk's graph freed before "
     "the next (same result; 0: the whole meta-batch at once)",
     "backbone": "conv4 (the papers' four blocks), resnet12 (64-160-320-640 channels, as MetaOptNet and RFS) "
@@ -89,6 +96,7 @@ _CHOICES = {
     "backbone": BACKBONES,
     "metric": METRICS,
     "meta_optimizer": META_OPTIMIZERS,
+    "inner_optimizer": INNER_OPTIMIZERS,
     "best_by": BEST_BY,
     "weight_init": WEIGHT_INITS,
     "input_norm": tuple(INPUT_NORMS),

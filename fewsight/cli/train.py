@@ -95,6 +95,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "1e-5 from 1e-3; its code's miniImageNet configurations set 1, a constant rate)",
     )
     parser.add_argument(
+        "--linear-lr",
+        action="store_true",
+        help="lower the meta learning rate from --meta-lr to 0 in a straight line over --steps (Reptile's "
+        "code: --meta-optimizer sgd --meta-momentum 0 --meta-lr 1)",
+    )
+    parser.add_argument(
         "--lr-halve-every",
         type=int,
         default=0,
@@ -124,8 +130,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="DURATION",
         help="time budget of this command, e.g. 90s, 12m, 2h: train until it is spent (or --steps are done), "
         "then validate and save a checkpoint, so the run ends with a usable model; --steps still sets the "
-        "schedules' length (--cosine-lr, --lr-halve-every, MAML++'s annealing), so a run stopped early "
-        "ends partway along them and --resume continues them from there",
+        "schedules' length (--cosine-lr, --lr-halve-every, --linear-lr, MAML++'s annealing), so a run "
+        "stopped early ends partway along them and --resume continues them from there",
     )
     data_flags(parser)
 

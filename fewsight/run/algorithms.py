@@ -35,6 +35,7 @@ MODEL = "model-based"  # a head predicted from the support set, for any number o
 BASE_MIX, METRIC, ADAPT_NORM = "base_mix", "metric", "adapt_norm"
 MAMLPP_SWITCHES = ("multi_step_loss", "learned_inner_lr", "per_step_bn", "first_order_steps")
 MEMORY_LEVERS = ("task_chunk", "checkpoint_inner", "task_loop")
+REPTILE_OPTIONS = ("inner_optimizer", "inner_batch")
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,14 @@ REGISTRY: dict[str, Algorithm] = {
     "fomaml": Algorithm(GRADIENT, _maml, (*MAMLPP_SWITCHES, *MEMORY_LEVERS, ADAPT_NORM)),
     "metasgd": Algorithm(GRADIENT, lambda c, b: MetaSGD(b, **_gradient_options(c)), MEMORY_LEVERS),
     "anil": Algorithm(GRADIENT, lambda c, b: ANIL(b, **_gradient_options(c)), MEMORY_LEVERS),
-    "reptile": Algorithm(GRADIENT, lambda c, b: Reptile(b, **_gradient_options(c)), bench=False),
+    "reptile": Algorithm(
+        GRADIENT,
+        lambda c, b: Reptile(
+            b, inner_optimizer=c.inner_optimizer, inner_batch=c.inner_batch, **_gradient_options(c)
+        ),
+        REPTILE_OPTIONS,
+        bench=False,
+    ),
     "mamlpp": Algorithm(
         GRADIENT,
         _mamlpp,

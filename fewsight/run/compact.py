@@ -9,15 +9,19 @@ from __future__ import annotations
 import torch
 
 SMALLEST = 4096  # tensors with fewer elements than this are kept as they are
+# Kept as they are whatever their size: Reptile's Adam second moments (fewsight.algorithms.reptile),
+# whose small entries would round to 0 and turn its inner steps into steps of inner_lr / epsilon.
+KEPT_EXACT = ("second_moment_",)
 Stored = torch.Tensor | dict[str, torch.Tensor]  # a tensor, or {"int8": values, "scale": per channel}
 
 
 def quantise(state: dict[str, torch.Tensor]) -> dict[str, Stored]:
     """`state` with every floating-point tensor of 2 or more dimensions and SMALLEST or more elements
-    as {"int8": values, "scale": one float32 per output channel (dimension 0)}."""
+    (but KEPT_EXACT's) as {"int8": values, "scale": one float32 per output channel (dimension 0)}."""
     stored: dict[str, Stored] = {}
     for name, value in state.items():
-        if value.is_floating_point() and value.ndim >= 2 and value.numel() >= SMALLEST:
+        weight = not name.startswith(KEPT_EXACT)
+        if weight and value.is_floating_point() and value.ndim >= 2 and value.numel() >= SMALLEST:
             rows = value.detach().float().flatten(1)
             scale = rows.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
             values = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from fewsight.algorithms.protonet import METRICS
+from fewsight.algorithms.reptile import INNER_OPTIMIZERS
 from fewsight.data.omniglot import DRAWERS, DRAWING_SIZE, PROTOCOLS
 from fewsight.errors import FewsightError
 from fewsight.nets.inputs import INPUT_NORMS
@@ -21,6 +22,7 @@ from fewsight.run.algorithms import (
     METRIC,
     MODEL,
     REGISTRY,
+    REPTILE_OPTIONS,
     in_words,
     taking,
 )
@@ -85,6 +87,10 @@ class RunConfig:
     cosine_lr: bool = False
     cosine_floor: float = 0.01  # the cosine schedule's last rate, as a fraction of meta_lr
     lr_halve_every: int = 0  # halve the meta learning rate every this many steps (ProtoNet); 0: off
+    linear_lr: bool = False  # the meta learning rate falls linearly to 0 over --steps (Reptile's code)
+    meta_momentum: float = 0.9  # of --meta-optimizer sgd (Reptile's code: 0, a plain step)
+    inner_optimizer: str = "sgd"  # reptile: plain inner steps, or Adam's with beta1 = 0 (Reptile's code)
+    inner_batch: int = 0  # reptile: images per inner step while meta-training; 0: all of a task's
     task_chunk: int = 0  # 0: all tasks of a meta-batch at once
     checkpoint_inner: bool = False
     task_loop: bool = False  # adapt the tasks one after another with plain autograd, not vmap
@@ -164,10 +170,37 @@ class RunConfig:
             raise FewsightError("--cosine-floor is a fraction of --meta-lr: use a value in [0, 1]")
         if self.cosine_floor != RunConfig.cosine_floor and not self.cosine_lr and self.algorithm != "mamlpp":
             raise FewsightError("--cosine-floor shapes the cosine schedule: add --cosine-lr, or drop it")
-        if self.cosine_lr and self.lr_halve_every:
+        schedules = [
+            flag
+            for flag, on in (
+                ("--cosine-lr (which --algorithm mamlpp turns on)", self.cosine_lr),
+                ("--lr-halve-every", self.lr_halve_every),
+                ("--linear-lr", self.linear_lr),
+            )
+            if on
+        ]
+        if len(schedules) > 1:
+            raise FewsightError(f"{' and '.join(schedules)} are schedules of one rate: keep one")
+        if not (math.isfinite(self.meta_momentum) and 0 <= self.meta_momentum < 1):
+            raise FewsightError("--meta-momentum must be in [0, 1)")
+        if self.meta_momentum != RunConfig.meta_momentum and self.meta_optimizer != "sgd":
+            raise FewsightError("--meta-momentum is the momentum of --meta-optimizer sgd: add it, or drop it")
+        if self.inner_optimizer not in INNER_OPTIMIZERS:
+            known = ", ".join(INNER_OPTIMIZERS)
+            raise FewsightError(f"unknown --inner-optimizer {self.inner_optimizer!r}; use one of {known}")
+        if self.inner_batch < 0:
+            raise FewsightError("--inner-batch must be 0 (all of a task's images) or more")
+        reptile = [n for n in REPTILE_OPTIONS if getattr(self, n) != getattr(RunConfig, n)]
+        if reptile and self.algorithm not in taking(reptile[0]):
             raise FewsightError(
-                "--cosine-lr (which --algorithm mamlpp turns on) and --lr-halve-every are two schedules: "
-                "keep one"
+                f"--{reptile[0].replace('_', '-')} applies to --algorithm "
+                f"{in_words(taking(reptile[0]), 'or')} only; drop it"
+            )
+        images = self.ways * (self.shots + self.queries)
+        if self.inner_batch > images:
+            raise FewsightError(
+                f"--inner-batch {self.inner_batch} is more than a task's {images} images "
+                "(--ways x (--shots + --queries)); lower it, or 0 for all of them"
             )
         switches = [n for n in MAMLPP_SWITCHES if getattr(self, n) and self.algorithm not in taking(n)]
         if switches:

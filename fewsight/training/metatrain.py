@@ -38,7 +38,7 @@ CPU_RECIPE = (  # the README's CPU command: 15 minutes on two CPU cores, trainin
 
 _BOOKKEEPING = ("log_every", "val_every", "val_episodes", "checkpoint_every")  # may change on resume
 VALIDATION_SEED = 1  # validation episodes differ from the test episodes (seed 0 by default)
-MOMENTUM = 0.9  # of SGD, in pre-training and in a meta-training stage with --meta-optimizer sgd
+MOMENTUM = 0.9  # of SGD in pre-training (a meta-training stage takes --meta-momentum, 0.9 by default)
 _RESUMABLE = ("learner", "optimizer", "generator", "torch_rng", "step", "interval")
 
 
@@ -70,7 +70,7 @@ def meta_optimizer(learner: MetaLearner, config: RunConfig, graphs: bool) -> tor
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
             trained,
             lr=config.meta_lr,
-            momentum=MOMENTUM,
+            momentum=config.meta_momentum,
             weight_decay=config.weight_decay,
             fused=graphs or None,
         )
@@ -228,7 +228,13 @@ def train(
             batch = augment_tasks(batch, generator)
         learner.schedule(number)
         rate = meta_learning_rate(
-            config.meta_lr, number, config.steps, config.cosine_lr, config.lr_halve_every, config.cosine_floor
+            config.meta_lr,
+            number,
+            config.steps,
+            config.cosine_lr,
+            config.lr_halve_every,
+            config.cosine_floor,
+            config.linear_lr,
         )
         if rate is not None:
             set_learning_rate(optimizer, rate)

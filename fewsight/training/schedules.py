@@ -1,7 +1,7 @@
 """Learning-rate schedules, as plain functions of the step (so a resumed run follows them exactly):
-cosine-annealed (MAML++, pre-training), halved at intervals (Snell et al.) or dropped tenfold once
-(Meta-Baseline's classifier). MAML++'s multi-step loss weights, a schedule of the algorithm itself,
-are in fewsight/algorithms/multistep.py."""
+cosine-annealed (MAML++, pre-training), halved at intervals (Snell et al.), dropped tenfold once
+(Meta-Baseline's classifier) or falling linearly (Reptile). MAML++'s multi-step loss weights, a
+schedule of the algorithm itself, are in fewsight/algorithms/multistep.py."""
 
 from __future__ import annotations
 
@@ -26,10 +26,24 @@ def dropped_lr(base: float, step: int, drop_after: int) -> float:
     return base * (0.1 if step > drop_after else 1.0)
 
 
+def linear_lr(base: float, step: int, total: int) -> float:
+    """Learning rate of meta-step `step` (1..total): from `base` down towards 0 in a straight line
+    (Reptile's meta step size, 1 at the first of its 100,000 steps)."""
+    return base * (1 - (step - 1) / total)
+
+
 def meta_learning_rate(
-    base: float, step: int, total: int, cosine: bool, halve_every: int, cosine_floor: float = 0.01
+    base: float,
+    step: int,
+    total: int,
+    cosine: bool,
+    halve_every: int,
+    cosine_floor: float = 0.01,
+    linear: bool = False,
 ) -> float | None:
     """The scheduled meta learning rate of meta-step `step`, or None where the rate stays `base`."""
+    if linear:
+        return linear_lr(base, step, total)
     if cosine:
         return cosine_lr(base, step, total, cosine_floor)
     if halve_every:
