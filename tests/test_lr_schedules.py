@@ -55,6 +55,16 @@ def test_a_plain_sgd_step_falling_linearly_is_what_train_sets(omniglot_train, tm
     assert (group["lr"], group["momentum"]) == (pytest.approx(0.25), 0.0)  # step 4 of 4: 1 - 3/4
 
 
+def test_extending_a_linear_schedule_says_its_rate_rises_again(omniglot_train, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--linear-lr", *TINY, "--out", str(run)]) == 0
+    assert main(["train", "--steps", "4", *TINY, "--out", str(run), "--resume"]) == 0
+    assert "--steps 4 extends this run from 2 steps: its learning-rate schedule now spans 4" in (
+        capsys.readouterr().err
+    )
+    assert _optimiser_rate(run) == pytest.approx(1e-3 * (1 - 3 / 4))
+
+
 @pytest.mark.parametrize(
     ("flags", "says"),
     [

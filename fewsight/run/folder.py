@@ -61,9 +61,9 @@ def merge_resume_settings(
 
 def resumed_length(saved: int, asked: int, unit: str, cosine: bool) -> int:
     """A resumed run's length in `unit` (steps, epochs): the longer of its own and the one asked for,
-    so a run may be extended but never cut (a shorter one asked for gets a warning). A cosine schedule
-    spans the new length from then on: its rate jumps back up, which changes what the run learns, so
-    say so."""
+    so a run may be extended but never cut (a shorter one asked for gets a warning). A schedule over
+    the length (`cosine`: cosine or linear) spans the new length from then on: its rate jumps back up,
+    which changes what the run learns, so say so."""
     if 1 < asked < saved:  # 1: the length left out of a --resume command (fewsight.cli.common.settings)
         warnings.warn(
             f"--{unit} {asked} is shorter than this run's {saved} {unit}, and a run is never cut: it keeps "
@@ -72,7 +72,7 @@ def resumed_length(saved: int, asked: int, unit: str, cosine: bool) -> int:
         )
     if asked > saved and cosine:
         warnings.warn(
-            f"--{unit} {asked} extends this run from {saved} {unit}: its cosine learning-rate schedule "
+            f"--{unit} {asked} extends this run from {saved} {unit}: its learning-rate schedule "
             f"now spans {asked} {unit}, so the rate rises again from here (leave --{unit} out to keep "
             f"the run's own {saved})",
             stacklevel=2,

@@ -181,7 +181,7 @@ def train(
         resume,
         length="steps",
         adjustable=_BOOKKEEPING,
-        cosine=lambda saved: saved.cosine_lr,
+        cosine=lambda saved: saved.cosine_lr or saved.linear_lr,  # schedules over the run's length
         keys=_RESUMABLE,
         why_not=why_not,
         device=device,
