@@ -8,14 +8,17 @@ step of each and the median of the paired ratios.
 
 Usage: python benchmarks/cpu_ab.py OLD_CHECKOUT NEW_CHECKOUT [--tasks 2] [--width 0.0625]
 [--task-chunk 0] [--rounds 21] [--algorithm maml] [--dataset omniglot] [--inner-steps 5]
-[--queries 15] [--threads 1]. A checkout is a directory holding `fewsight/` (for an old commit:
-`git archive COMMIT | tar -x -C DIR`). Width 0.0625 (4 channels) makes the step mostly Python.
+[--queries 15] [--threads 1] [--set KEY=VALUE ...] (other RunConfig settings, e.g. --set
+inner_optimizer=adam; a VALUE that reads as JSON is taken as such). A checkout is a directory
+holding `fewsight/` (for an old commit: `git archive COMMIT | tar -x -C DIR`). Width 0.0625 (4
+channels) makes the step mostly Python.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import statistics
 import sys
 import time
@@ -37,8 +40,10 @@ def load_step(checkout: str, args: argparse.Namespace) -> Callable[[], None]:
         bench = importlib.import_module(layout)
     finally:
         sys.path.remove(checkout)
-    options = ((("width", args.width),) if args.width != 1 else ()) + (
-        (("task_chunk", args.task_chunk),) if args.task_chunk else ()
+    options = (
+        ((("width", args.width),) if args.width != 1 else ())
+        + ((("task_chunk", args.task_chunk),) if args.task_chunk else ())
+        + tuple(setting(text) for text in args.set)
     )
     case = bench.Case(
         args.dataset, args.algorithm, 5, 1, args.tasks, args.inner_steps, args.queries, options=options
@@ -55,6 +60,15 @@ def load_step(checkout: str, args: argparse.Namespace) -> Callable[[], None]:
     return step
 
 
+def setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE as (key, value), the value parsed as JSON where it is (numbers, true), else a string."""
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old")
@@ -68,6 +82,7 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, default=5)
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     checkouts = {"old": args.old, "new": args.new}

@@ -111,6 +111,7 @@ class Reptile(MAML):
 
         def adapt(support_loss: Callable[..., Callable[[Params], torch.Tensor]]) -> Params:
             fast = {name: params[name].expand(batch.tasks, *params[name].shape) for name in self.adapted}
+            rates = None
             for step in range(self.steps):
                 fast = {name: value.detach().requires_grad_() for name, value in fast.items()}
                 with torch.enable_grad():
@@ -118,7 +119,8 @@ class Reptile(MAML):
                     grads = dict(zip(fast, torch.autograd.grad(loss, list(fast.values())), strict=True))
                 if step == 0 and self.inner_optimizer == "adam" and self.training:
                     self._update_moments(grads, batch.tasks)
-                rates = self.inner_rates(step)
+                if rates is None or self.inner_optimizer == "sgd":  # Adam's stay fixed in a meta-step
+                    rates = self.inner_rates(step)
                 fast = {name: descend(fast[name].detach(), grads[name], rates[name]) for name in fast}
             return fast
 
