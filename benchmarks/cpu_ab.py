@@ -1,4 +1,4 @@
-"""A/B of the eager meta-step of two fewsight checkouts on the CPU, in one process, one thread (--threads).
+"""A/B of the eager meta-step of two fewsight checkouts on the CPU (or --device), in one process.
 
 Both checkouts are imported into this process (the second after the first's modules are dropped;
 each learner keeps its own code), and their meta-steps alternate, so that both see the same load:
@@ -9,9 +9,9 @@ step of each and the median of the paired ratios.
 Usage: python benchmarks/cpu_ab.py OLD_CHECKOUT NEW_CHECKOUT [--tasks 2] [--width 0.0625]
 [--task-chunk 0] [--rounds 21] [--algorithm maml] [--dataset omniglot] [--inner-steps 5]
 [--queries 15] [--threads 1] [--set KEY=VALUE ...] (other RunConfig settings, e.g. --set
-inner_optimizer=adam; a VALUE that reads as JSON is taken as such). A checkout is a directory
-holding `fewsight/` (for an old commit: `git archive COMMIT | tar -x -C DIR`). Width 0.0625 (4
-channels) makes the step mostly Python.
+inner_optimizer=adam; a VALUE that reads as JSON is taken as such) [--device cpu] (on a GPU each
+step is timed to its end, synchronised). A checkout is a directory holding `fewsight/` (for an old
+commit: `git archive COMMIT | tar -x -C DIR`). Width 0.0625 (4 channels) makes the step mostly Python.
 """
 
 from __future__ import annotations
@@ -49,13 +49,16 @@ def load_step(checkout: str, args: argparse.Namespace) -> Callable[[], None]:
         args.dataset, args.algorithm, 5, 1, args.tasks, args.inner_steps, args.queries, options=options
     )
     torch.manual_seed(0)
-    learner = bench.build_learner(case.config())
+    device = torch.device(args.device)
+    learner = bench.build_learner(case.config()).to(device)
     learner.per_task = False
-    batch = bench.meta_batch(case, args.tasks, torch.device("cpu"), torch.float32)
+    batch = bench.meta_batch(case, args.tasks, device, torch.float32)
 
     def step() -> None:
         learner.zero_grad()
         learner.meta_loss(batch).loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return step
 
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     checkouts = {"old": args.old, "new": args.new}
@@ -100,8 +104,8 @@ def main() -> None:
     ratio = statistics.median(n / o for o, n in zip(times["old"], times["new"], strict=True))
     print(
         f"{args.algorithm} on {args.dataset}, {args.tasks} tasks, {args.inner_steps} inner steps, "
-        f"{args.queries} queries, width {args.width}, task chunk {args.task_chunk}: old {old:.1f} ms, "
-        f"new {new:.1f} ms, paired new/old {ratio:.2f}"
+        f"{args.queries} queries, width {args.width}, task chunk {args.task_chunk}, {args.device}: "
+        f"old {old:.1f} ms, new {new:.1f} ms, paired new/old {ratio:.2f}"
     )
 
 
