@@ -2,9 +2,11 @@
 time against the step before commit 1caaec7 (torch's convolution, whose double backward loops over
 the tasks, and batch norm written out under vmap), under variants of the convolution (im2col + matmul
 instead of cuDNN's grouped kernels), of
-precision (TF32 off, bf16 autocast) and of memory layout (channels-last), each variant that changes the
-arithmetic checked against the float64 per-task reference; then the step's kernel profile, with the
-kernels' full names.
+precision (TF32 off, bf16 autocast), of memory layout (channels-last) and of the first Omniglot
+convolution (its one input channel widened with a zero channel, so that the tasks' grouped convolution
+is no longer a depthwise one, which torch runs with its own kernels instead of cuDNN's), each variant
+that changes the arithmetic checked against the float64 per-task reference; then the step's kernel
+profile, with the kernels' full names.
 An experiment behind docs/BENCHMARKS.md, for a GPU: python benchmarks/ablation.py
 """
 
@@ -19,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from run import profile  # benchmarks/run.py, beside this file
 
-from fewsight.nets import conv4
+from fewsight.nets import conv, conv4
+from fewsight.nets.folding import tasks_first
 from fewsight.training import bench
 
 CASES = [bench.Case("omniglot", "maml", 5, 1, 32), bench.Case("miniimagenet", "maml", 5, 1, 4)]
@@ -34,6 +37,7 @@ VARIANTS = [
     "unfold all convs + matmul tf32",
     "bf16",
     "channels_last",
+    "first conv widened",
 ]
 
 
@@ -64,6 +68,20 @@ def torch_layers_block(self, x, context_size=None, film=None):
     return F.relu(F.max_pool2d(self.norm(x, x.shape[0] if context_size is None else context_size), 2))
 
 
+def widened_conv_per_task(tasks, in_dims, x, weight, bias, groups):
+    """`conv.conv_per_task` with a zero channel beside a one-channel input and zero weights for it:
+    the same output and derivatives, two channels a group instead of one."""
+    if in_dims[1] is None or weight.shape[-3] != 1:
+        return ORIGINAL_CONV_PER_TASK(tasks, in_dims, x, weight, bias, groups)
+    x, weight = tasks_first(x, in_dims[0], tasks), tasks_first(weight, in_dims[1], tasks)
+    x = torch.cat([x, torch.zeros_like(x)], dim=2)  # (T, B, 2, H, W)
+    weight = torch.cat([weight, torch.zeros_like(weight)], dim=2)  # (T, O, 2, k, k)
+    return ORIGINAL_CONV_PER_TASK(tasks, (0, 0, in_dims[2]), x, weight, bias, groups)
+
+
+ORIGINAL_CONV_PER_TASK = conv.conv_per_task
+
+
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     original = conv4.ConvBlock.forward
@@ -78,9 +96,12 @@ def variant(name: str) -> Iterator[None]:
             conv4.ConvBlock.forward = block_with_unfold(first_only=name == "unfold first conv")
         if name.startswith("torch conv"):
             conv4.ConvBlock.forward = torch_layers_block
+        if name == "first conv widened":  # both callers: the conv's own vmap rule and a block's
+            conv.conv_per_task = conv4.conv_per_task = widened_conv_per_task
         yield
     finally:
         conv4.ConvBlock.forward = original
+        conv.conv_per_task = conv4.conv_per_task = ORIGINAL_CONV_PER_TASK
         torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = saved
         torch.set_float32_matmul_precision(precision)
 
@@ -120,7 +141,8 @@ def main() -> None:
             with variant(name):
                 ms = replay_ms(case, device, bf16=name == "bf16", channels_last=name == "channels_last")
                 error = None
-                if name.startswith(("unfold", "torch conv")) or name == "current":  # other arithmetic
+                changed = name.startswith(("unfold", "torch conv", "first conv")) or name == "current"
+                if changed:  # other arithmetic: checked against the float64 reference
                     error = bench.gradient_error(case, bench.graphed_implementation(), device)
             print(f"{case.name} | {name} | {ms:.1f} ms | gradient error {error}", flush=True)
     for case in CASES:
