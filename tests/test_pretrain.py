@@ -135,6 +135,7 @@ def test_meta_baselines_classifier_recipe(tmp_path, capsys):
     run = tmp_path / "classifier"
     recipe = ["--backbone", "resnet12-512", "--input-norm", "imagenet", "--augment", "--no-jitter"]
     recipe += ["--lr-drop-epoch", "1"]  # 0.1 for 1 epoch, then 0.01, as Meta-Baseline's 90 of 100
+    recipe += ["--bf16", "--no-bf16"]  # the later flag wins: a recipe's --bf16 can be undone
     assert main(["pretrain", *FLAGS, "--epochs", "2", *recipe, "--out", str(run)]) == 0
     rows = metrics(run)
     assert {row["lr"] for row in rows if row["step"] <= 5} == {0.1}  # epoch 1: steps 1-5
@@ -142,6 +143,7 @@ def test_meta_baselines_classifier_recipe(tmp_path, capsys):
     saved = json.loads((run / "config.json").read_text())
     assert (saved["backbone"], saved["input_norm"], saved["drop_rate"]) == ("resnet12-512", "imagenet", 0.0)
     assert saved["pretrain"]["jitter"] is False and saved["pretrain"]["lr_drop_epoch"] == 1
+    assert saved["pretrain"]["bf16"] is False
     capsys.readouterr()
     assert main(["eval", str(run), *TINY[4:], "--queries", "5", "--episodes", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["widths"] == [4, 8, 16, 32]  # 64-128-256-512 at 0.0625

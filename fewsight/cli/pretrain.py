@@ -58,7 +58,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="store_false",
         help="--augment without the colour jitter: crop and flip only (Meta-Baseline's classifier)",
     )
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs that support it)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast (GPUs that support it; default: off, and --no-bf16 undoes an earlier --bf16)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     data_flags(parser)

@@ -54,7 +54,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train on train+val classes (the papers' protocol) and skip validation",
     )
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs that support it)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast (GPUs that support it; default: off, and --no-bf16 undoes an earlier --bf16)",
+    )
     parser.add_argument("--augment", action="store_true", help=AUGMENT_HELP)
     parser.add_argument(
         "--cuda-graphs",
