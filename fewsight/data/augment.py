@@ -36,14 +36,39 @@ def _uniform(low: float, high: float, count: int, generator: torch.Generator) ->
     return low + (high - low) * torch.rand(count, generator=generator, device=generator.device)
 
 
+TRIES = 10  # torchvision's RandomResizedCrop draws up to 10 crops before it falls back
+
+
+def crop_sizes(
+    count: int, height: int, width: int, settings: Augment, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop widths and heights (fractions of the image's) drawn as torchvision's RandomResizedCrop
+    draws them: an area and a log-uniform aspect ratio, rounded to whole pixels, redrawn (up to 10
+    times) while the crop does not fit; then a centre crop of the whole image clamped to the ratios.
+    Redrawing, not clamping, keeps near-whole crops as rare as in the papers' code. No host syncs."""
+    low, high = math.log(settings.ratio[0]), math.log(settings.ratio[1])
+    area = _uniform(*settings.scale, count * TRIES, generator).view(count, TRIES) * (height * width)
+    aspect = torch.exp(_uniform(low, high, count * TRIES, generator)).view(count, TRIES)
+    crop_w = torch.sqrt(area * aspect).round()
+    crop_h = torch.sqrt(area / aspect).round()
+    fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first try that fits (0 if none does)
+    crop_w, crop_h = crop_w.gather(1, first).squeeze(1), crop_h.gather(1, first).squeeze(1)
+    # torchvision's fallback: the whole image, narrowed to the nearest allowed aspect ratio.
+    image_aspect = width / height
+    fallback_w = float(width) if image_aspect <= settings.ratio[1] else round(height * settings.ratio[1])
+    fallback_h = float(height) if image_aspect >= settings.ratio[0] else round(width / settings.ratio[0])
+    found = fits.any(1)
+    crop_w = torch.where(found, crop_w, torch.full_like(crop_w, fallback_w))
+    crop_h = torch.where(found, crop_h, torch.full_like(crop_h, fallback_h))
+    return crop_w / width, crop_h / height
+
+
 def _crop_and_flip(images: torch.Tensor, settings: Augment, generator: torch.Generator) -> torch.Tensor:
     """A random crop of each image, resized back to the image size (bilinear), flipped at random."""
     count = images.shape[0]
-    area = _uniform(*settings.scale, count, generator)
-    aspect = torch.exp(_uniform(math.log(settings.ratio[0]), math.log(settings.ratio[1]), count, generator))
-    # Crop width and height as fractions of the image's; the centre keeps the crop inside the image.
-    width = torch.sqrt(area * aspect).clamp(max=1)
-    height = torch.sqrt(area / aspect).clamp(max=1)
+    width, height = crop_sizes(count, images.shape[-2], images.shape[-1], settings, generator)
+    # The crop's centre, uniform over the positions that keep the crop inside the image.
     centre_x = (1 - width) * _uniform(-1, 1, count, generator)
     centre_y = (1 - height) * _uniform(-1, 1, count, generator)
     flip = torch.rand(count, generator=generator, device=generator.device) < settings.flip
