@@ -133,8 +133,9 @@ def test_learning_rates_set_in_place_when_they_are_tensors():
 
 
 def test_maml_schedules_reach_a_graph_through_tensors_and_variants():
-    """MAML++'s multi-step loss weights live in a buffer refilled in place; its switch from first to
-    second order changes the step's variant, which makes a graphed step record again."""
+    """MAML++'s multi-step loss weights live in a buffer refilled in place; its switches from first to
+    second order and from every step's loss to the last's change the step's variant, which makes a
+    graphed step record again."""
     config = RunConfig(algorithm="mamlpp", inner_steps=5, steps=30000, first_order_steps=3)
     mamlpp_preset(config)
     learner = build_learner(config)
@@ -147,7 +148,8 @@ def test_maml_schedules_reach_a_graph_through_tensors_and_variants():
         expected = multi_step_weights(5, step - 1, learner.multi_step_loss)
         torch.testing.assert_close(buffer, torch.tensor(expected))
         variants.append(learner.step_variant())
-    assert variants == [(True,), (False,), (False,), (False,)]
+    # (first order, multi-step loss): the loss's annealing ends at 10% of the steps (3,000)
+    assert variants == [(True, True), (False, True), (False, True), (False, False)]
 
 
 def test_recording_times_both_paths_keeps_the_faster_and_puts_the_weights_back(omniglot_train, monkeypatch):

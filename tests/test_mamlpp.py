@@ -78,6 +78,18 @@ def test_switches_change_the_meta_gradient(batch64):
     assert relative(one_loss, plain) > 1e-3
 
 
+def test_after_its_annealing_the_multi_step_loss_is_the_last_steps_alone(batch64):
+    """As MAML++'s code: once the weights have been annealed (meta-step 10 of 10), the meta-gradient is
+    plain MAML's, to rounding, where a meta-step earlier it still differs."""
+    plain = meta_gradient(learner(), batch64)
+    annealing, annealed = learner(multi_step_loss=10), learner(multi_step_loss=10)
+    annealing.schedule(10)  # meta-step 9: the earlier steps' losses still weigh in
+    annealed.schedule(11)
+    assert relative(meta_gradient(annealing, batch64), plain) > 1e-3
+    assert relative(meta_gradient(annealed, batch64), plain) < 1e-12
+    assert annealing.step_variant() != annealed.step_variant()  # a graphed step records again
+
+
 def test_learned_rates_and_norms_are_parameters_of_the_right_shapes():
     maml = learner(**ALL)
     assert [tuple(r.shape) for r in maml.step_rates] == [(3,)] * len(maml.adapted)

@@ -83,7 +83,8 @@ class MAML(MetaLearner):
         adapt_norm: False leaves the norm layers' scales and shifts out of the inner loop: meta-learned
             only, as in the MAML paper's code (its batch norm lies outside the adapted weights).
         multi_step_loss: MAML++'s multi-step loss: the query loss after every inner step, weighted,
-            the weights annealed towards the last step over this many meta-steps (0: off).
+            the weights annealed towards the last step over this many meta-steps, then the last
+            step's loss alone, as MAML++'s code (0: off).
         learned_rates: MAML++'s learned step size per adapted tensor and per inner step.
         per_step_norm: MAML++'s per-step batch norm: a scale and shift of every TaskBatchNorm for
             each inner step (step 0 uses the model's own), meta-learned, not adapted.
@@ -175,7 +176,7 @@ class MAML(MetaLearner):
             self.loss_weights.copy_(self._scheduled_weights())
 
     def step_variant(self) -> tuple:
-        return (self._first_order(),)
+        return (self._first_order(), self._multi_step())
 
     def inner_rates(self, step: int) -> dict[str, torch.Tensor | float]:
         """Step size of each adapted parameter at inner step `step` (MetaSGD and LSLR learn these)."""
@@ -430,7 +431,10 @@ class MAML(MetaLearner):
         return self.step_logits(batch, every_step=False)[:, -1]
 
     def _multi_step(self) -> bool:
-        return self.training and self.multi_step_loss > 0 and self.steps > 1
+        """Whether the meta-loss weighs the query losses after every inner step: while training, over
+        the first `multi_step_loss` meta-steps only; after them the last step's loss alone counts, and
+        the other query passes are not run (MAML++'s code stops computing them after its annealing)."""
+        return self.training and self.steps > 1 and self.meta_step < self.multi_step_loss
 
     def meta_loss(self, batch: TaskBatch) -> MetaLoss:
         """The query loss (after every inner step, weighted, with the multi-step loss), `task_chunk`

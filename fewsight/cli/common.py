@@ -66,7 +66,8 @@ HELP = {
     "log_every": "write a metrics line every this many steps",
     "checkpoint_every": "save a checkpoint every this many steps",
     "multi_step_loss": "MAML++ multi-step loss: the query loss after every inner step, its weights moved "
-    "towards the last step over this many meta-steps (0: off; mamlpp: 10%% of --steps)",
+    "towards the last step over this many meta-steps, then the last step's alone (0: off; mamlpp: 10%% of "
+    "--steps)",
     "first_order_steps": "MAML++ derivative-order annealing: first-order meta-gradient for this many "
     "meta-steps, then second order (mamlpp: 0 means a third of --steps; 1 is second order at once)",
     "inner_optimizer": "reptile: plain inner steps of --inner-lr, or adam's (beta1 = 0, its second moment "
