@@ -8,7 +8,7 @@ step of each and the median of the paired ratios.
 
 Usage: python benchmarks/cpu_ab.py OLD_CHECKOUT NEW_CHECKOUT [--tasks 2] [--width 0.0625]
 [--task-chunk 0] [--rounds 21] [--algorithm maml] [--dataset omniglot] [--inner-steps 5]
-[--queries 15] [--threads 1] [--set KEY=VALUE ...] (other RunConfig settings, e.g. --set
+[--queries 15] [--threads 1] [--meta-step N] [--set KEY=VALUE ...] (other RunConfig settings, e.g. --set
 inner_optimizer=adam; a VALUE that reads as JSON is taken as such) [--device cpu] (on a GPU each
 step is timed to its end, synchronised). A checkout is a directory holding `fewsight/` (for an old
 commit: `git archive COMMIT | tar -x -C DIR`). Width 0.0625 (4 channels) makes the step mostly Python.
@@ -52,6 +52,9 @@ def load_step(checkout: str, args: argparse.Namespace) -> Callable[[], None]:
     device = torch.device(args.device)
     learner = bench.build_learner(case.config()).to(device)
     learner.per_task = False
+    learner.train()
+    if args.meta_step:
+        learner.schedule(args.meta_step)  # schedules by meta-step: MAML++'s multi-step loss, derivative order
     batch = bench.meta_batch(case, args.tasks, device, torch.float32)
 
     def step() -> None:
@@ -87,6 +90,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--meta-step", type=int, default=0, help="time the step at this meta-step (1: the first)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     checkouts = {"old": args.old, "new": args.new}
