@@ -52,7 +52,6 @@ def load_step(checkout: str, args: argparse.Namespace) -> Callable[[], None]:
     device = torch.device(args.device)
     learner = bench.build_learner(case.config()).to(device)
     learner.per_task = False
-    learner.train()
     if args.meta_step:
         learner.schedule(args.meta_step)  # schedules by meta-step: MAML++'s multi-step loss, derivative order
     batch = bench.meta_batch(case, args.tasks, device, torch.float32)

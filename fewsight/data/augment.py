@@ -44,7 +44,7 @@ def crop_sizes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop widths and heights (fractions of the image's) drawn as torchvision's RandomResizedCrop
     draws them: an area and a log-uniform aspect ratio, rounded to whole pixels, redrawn (up to 10
-    times) while the crop does not fit; then a centre crop of the whole image clamped to the ratios.
+    times) while the crop does not fit; then the whole image, narrowed to the nearest allowed ratio.
     Redrawing, not clamping, keeps near-whole crops as rare as in the papers' code. No host syncs."""
     low, high = math.log(settings.ratio[0]), math.log(settings.ratio[1])
     area = _uniform(*settings.scale, count * TRIES, generator).view(count, TRIES) * (height * width)
