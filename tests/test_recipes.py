@@ -36,6 +36,7 @@ PROMISED = {  # recipe: settings its run must have
         "norm_scale_init": "fixed",
         "adapt_norm": False,
     },
+    "metasgd-ref-5shot": {"algorithm": "metasgd", "inner_steps": 1, "eval_inner_steps": 1, "shots": 5},
     "mamlpp-ref-1shot": {
         "width": 1.5,
         "inner_lr": 0.1,
