@@ -54,13 +54,11 @@ def crop_sizes(
     fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
     first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first try that fits (0 if none does)
     crop_w, crop_h = crop_w.gather(1, first).squeeze(1), crop_h.gather(1, first).squeeze(1)
-    # torchvision's fallback: the whole image, narrowed to the nearest allowed aspect ratio.
     image_aspect = width / height
     fallback_w = float(width) if image_aspect <= settings.ratio[1] else round(height * settings.ratio[1])
     fallback_h = float(height) if image_aspect >= settings.ratio[0] else round(width / settings.ratio[0])
     found = fits.any(1)
-    crop_w = torch.where(found, crop_w, torch.full_like(crop_w, fallback_w))
-    crop_h = torch.where(found, crop_h, torch.full_like(crop_h, fallback_h))
+    crop_w, crop_h = torch.where(found, crop_w, fallback_w), torch.where(found, crop_h, fallback_h)
     return crop_w / width, crop_h / height
 
 
