@@ -156,6 +156,38 @@ def test_meta_baselines_classifier_recipe(tmp_path, capsys):
     assert "--no-jitter changes --augment: add --augment, or drop --no-jitter" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("backbone", ["resnet12-512", "conv4"])
+def test_batch_norm_groups_normalise_each_group_on_its_own(backbone):
+    """--bn-batch 4 of 8 images: features and gradients (float64) are those of two separate batches."""
+    from fewsight.training.pretrain import grouped_features
+
+    torch.manual_seed(0)
+    run = RunConfig(dataset="miniimagenet", algorithm="protonet", backbone=backbone, width=0.0625)
+    net = build_learner(run).encoder.double()
+    images = torch.randn(8, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    grouped = grouped_features(net, images, 4)
+    separate = torch.cat([net(images[:4]), net(images[4:])])
+    torch.testing.assert_close(grouped, separate, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(grouped, net(images))  # one batch of 8 normalises differently
+    inputs = [images, *net.parameters()]
+    gradients = torch.autograd.grad(grouped.square().sum(), inputs)
+    expected = torch.autograd.grad(separate.square().sum(), inputs)
+    for got, want in zip(gradients, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert torch.equal(grouped_features(net, images, 8), net(images))  # one group: the whole batch
+
+
+def test_pretraining_with_batch_norm_groups(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", *FLAGS, "--epochs", "1", "--bn-batch", "32", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["pretrain"]["bn_batch"] == 32
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in metrics(run))
+    capsys.readouterr()
+    assert main(["pretrain", *FLAGS, "--bn-batch", "48", "--out", str(tmp_path / "bad")]) == 2
+    assert "--bn-batch must divide --batch-size 128" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_int8_quantisation_keeps_every_weight_within_half_a_step():
     from fewsight.run.compact import SMALLEST, dequantise, quantise
 

@@ -30,6 +30,8 @@ PRETRAIN_HELP = {
     "lr_drop_epoch": "instead of the cosine, keep --lr for this many epochs, then a tenth of it "
     "(Meta-Baseline's classifier: 90 of 100 epochs; 0: the cosine)",
     "weight_decay": "SGD's weight decay",
+    "bn_batch": "images per batch-norm batch at training: the batch is normalised in groups of this "
+    "many (Meta-Baseline's classifier trains on 4 GPUs, each normalising 32 of its 128; 0: the whole batch)",
     "seed": "seed of the initialisation, the order of the images and the augmentation",
     "val_episodes": "5-way 1-shot validation episodes (nearest centroid) after every epoch",
     "log_every": "write a metrics line every this many steps (and after every epoch)",

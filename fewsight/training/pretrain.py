@@ -70,6 +70,7 @@ class PretrainConfig:
     jitter: bool = True  # colour jitter as part of --augment (Meta-Baseline's classifier has none)
     lr_drop_epoch: int = 0  # 0: the cosine schedule; else the rate times 0.1 after this epoch
     bf16: bool = False
+    bn_batch: int = 0  # images per batch-norm batch at training; 0: the whole batch
     seed: int = 0
     trainval: bool = False
     val_episodes: int = 200
@@ -95,6 +96,14 @@ class PretrainConfig:
             raise FewsightError("--weight-decay must be zero or positive")
         if not isinstance(self.lr_drop_epoch, int) or self.lr_drop_epoch < 0:
             raise FewsightError("--lr-drop-epoch must be 0 (the cosine schedule) or an epoch number")
+        if (
+            not isinstance(self.bn_batch, int)
+            or self.bn_batch < 0
+            or (self.bn_batch and self.batch_size % self.bn_batch)
+        ):
+            raise FewsightError(
+                f"--bn-batch must divide --batch-size {self.batch_size} (or be 0: the whole batch)"
+            )
         if not self.jitter and not self.augment:
             raise FewsightError("--no-jitter changes --augment: add --augment, or drop --no-jitter")
 
@@ -113,6 +122,16 @@ class PretrainConfig:
             )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in settings.items() if k in known})
+
+
+def grouped_features(backbone: nn.Module, images: torch.Tensor, group: int) -> torch.Tensor:
+    """The backbone's features of (B, C, H, W) images, batch norm normalising them in consecutive
+    groups of `group` (0: all B at once). Meta-Baseline's classifier trains on 4 GPUs, each
+    normalising its own 32 of the 128 images of a step (nn.DataParallel); groups reproduce that."""
+    if not group or group == len(images):
+        return backbone(images)
+    groups = images.unflatten(0, (-1, group))  # (B / group, group, C, H, W): one "task" a group
+    return torch.func.vmap(backbone, randomness="different")(groups).flatten(0, 1)
 
 
 def _pretrain_settings(folder: str | os.PathLike) -> dict | None:
@@ -218,7 +237,7 @@ def pretrain(
         if hasattr(backbone, "set_drop_rate"):
             backbone.set_drop_rate(config.drop_rate * min(1.0, number / (DROP_RAMP * total)))
         with autocast(device, config.bf16):
-            logits = head(backbone(x))
+            logits = head(grouped_features(backbone, x, config.bn_batch))
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
