@@ -121,13 +121,15 @@ case $name in
                              --ways 5 --shots 5 --meta-batch 4 --meta-optimizer sgd --meta-lr 1e-3
                              --weight-decay 5e-4 --bf16 --steps 4000) ;;
   # Classifier-Baseline as Meta-Baseline's code trains it: a ResNet-12 of 64-128-256-512 channels
-  # without DropBlock, on 80-pixel images normalised with ImageNet's statistics, random resized crop
-  # and flip (no colour jitter), SGD at 0.1 dropped tenfold after epoch 90 of 100, batches of 128
-  # normalised by batch norm in groups of 32 (its code trains on 4 GPUs under nn.DataParallel, each
-  # normalising its own quarter of the batch) (bf16 autocast, for speed, where the reference runs float32: PRETRAIN_FLAGS=--no-bf16 runs float32).
+  # without DropBlock, on 80-pixel images normalised with ImageNet's statistics, random resized crops
+  # of the 84-pixel images and flip (no colour jitter), SGD at 0.1 dropped tenfold after epoch 90 of
+  # 100, batches of 128 that batch norm normalises in groups of 32 (the code trains on 4 GPUs under
+  # nn.DataParallel, each normalising its own quarter of the batch); bf16 autocast, for speed, where
+  # the code runs float32 (PRETRAIN_FLAGS=--no-bf16 runs float32).
   classifier-ref) flags=(pretrain --dataset miniimagenet --backbone resnet12-512 --width "${PRETRAIN_WIDTH:-1}"
                          --image-size 80 --input-norm imagenet --epochs "${PRETRAIN_EPOCHS:-100}"
-                         --lr-drop-epoch 90 --batch-size 128 --bn-batch 32 --augment --no-jitter --bf16 --metric cosine --quiet) ;;
+                         --lr-drop-epoch 90 --batch-size 128 --bn-batch 32 --augment --crop-from 84
+                         --no-jitter --bf16 --metric cosine --quiet) ;;
   # Meta-Baseline's stage on it, as its code: 5-way tasks of its shot count, 4 a meta-batch, all images
   # of a step's 4 tasks normalised as one batch, SGD (1e-3, momentum 0.9, weight decay 5e-4, constant),
   # 4,000 steps, scored from its best-validated weights.

@@ -49,6 +49,16 @@ def test_flip_flips(images):
     torch.testing.assert_close(augment(images, seeded(0), flip), images.flip(-1), rtol=0, atol=1e-5)
 
 
+def test_crops_of_larger_images_come_out_at_the_size_asked(images):
+    """augment(..., size): the whole image with nothing else is a bilinear resize; crops have the size."""
+    whole = augment(images, seeded(0), NOTHING, size=72)
+    resized = torch.nn.functional.interpolate(images, size=72, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(whole, resized, rtol=0, atol=1e-5)
+    cropped = augment(images, seeded(0), size=72)
+    assert cropped.shape == (*images.shape[:2], 72, 72) and cropped.min() >= 0 and cropped.max() <= 1
+    assert torch.equal(augment(images, seeded(5), size=images.shape[-1]), augment(images, seeded(5)))
+
+
 def test_a_crop_magnifies(images):
     half = Augment(scale=(0.25, 0.25), ratio=(1, 1), flip=0, brightness=0, contrast=0, saturation=0)
     out = augment(images, seeded(0), half)

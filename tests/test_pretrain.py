@@ -188,6 +188,25 @@ def test_pretraining_with_batch_norm_groups(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_crops_from_larger_training_images(tmp_path, capsys):
+    """--crop-from 24: training images decoded at 24 pixels, cropped to --image-size 16; eval reads 16."""
+    run = tmp_path / "run"
+    flags = [*FLAGS, "--epochs", "1", "--augment"]
+    assert main(["pretrain", *flags, "--crop-from", "24", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["pretrain"]["crop_from"] == 24
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in metrics(run))
+    capsys.readouterr()
+    assert main(["eval", str(run), *TINY[4:], "--queries", "5", "--episodes", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["shots"] == 1
+    for bad, message in [
+        (["--crop-from", "24"], "--crop-from sets where --augment's crops come from: add --augment"),
+        (["--augment", "--crop-from", "8"], "--crop-from must be at least --image-size (16)"),
+    ]:
+        assert main(["pretrain", *FLAGS, *bad, "--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+
+
 def test_int8_quantisation_keeps_every_weight_within_half_a_step():
     from fewsight.run.compact import SMALLEST, dequantise, quantise
 

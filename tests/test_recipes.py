@@ -116,7 +116,7 @@ def test_the_classifier_baseline_recipe_has_meta_baselines_settings(runs):
     saved = json.loads((runs / "classifier-ref" / "config.json").read_text())
     expected = {"backbone": "resnet12-512", "input_norm": "imagenet", "drop_rate": 0.0}
     expected |= {"lr": 0.1, "lr_drop_epoch": 90, "batch_size": 128, "bn_batch": 32}
-    expected |= {"augment": True, "jitter": False}
+    expected |= {"augment": True, "crop_from": 84, "jitter": False}
     assert {name: saved["pretrain"][name] for name in expected} == expected
     assert (runs / "classifier-ref.done").exists(), (runs / "classifier-ref.log").read_text()
     assert json.loads((runs / "classifier-ref.eval-5shot-population.json").read_text())["shots"] == 5

@@ -32,6 +32,8 @@ PRETRAIN_HELP = {
     "weight_decay": "SGD's weight decay",
     "bn_batch": "images per batch-norm batch at training: the batch is normalised in groups of this "
     "many (Meta-Baseline's classifier trains on 4 GPUs, each normalising 32 of its 128; 0: the whole batch)",
+    "crop_from": "with --augment: decode the training images at this many pixels and crop --image-size from "
+    "them, as torchvision's RandomResizedCrop (Meta-Baseline's code crops 80 from 84; 0: from --image-size)",
     "seed": "seed of the initialisation, the order of the images and the augmentation",
     "val_episodes": "5-way 1-shot validation episodes (nearest centroid) after every epoch",
     "log_every": "write a metrics line every this many steps (and after every epoch)",

@@ -62,8 +62,11 @@ def crop_sizes(
     return crop_w / width, crop_h / height
 
 
-def _crop_and_flip(images: torch.Tensor, settings: Augment, generator: torch.Generator) -> torch.Tensor:
-    """A random crop of each image, resized back to the image size (bilinear), flipped at random."""
+def _crop_and_flip(
+    images: torch.Tensor, settings: Augment, generator: torch.Generator, size: int | None = None
+) -> torch.Tensor:
+    """A random crop of each image, resized (bilinear) to `size` square (None: the image's own size),
+    flipped at random."""
     count = images.shape[0]
     width, height = crop_sizes(count, images.shape[-2], images.shape[-1], settings, generator)
     # The crop's centre, uniform over the positions that keep the crop inside the image.
@@ -78,7 +81,8 @@ def _crop_and_flip(images: torch.Tensor, settings: Augment, generator: torch.Gen
         ],
         1,
     )
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    shape = list(images.shape) if size is None else [*images.shape[:2], size, size]
+    grid = F.affine_grid(theta.to(images.dtype), shape, align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -105,11 +109,12 @@ def _grey(images: torch.Tensor) -> torch.Tensor:
 
 
 def augment(
-    images: torch.Tensor, generator: torch.Generator, settings: Augment | None = None
+    images: torch.Tensor, generator: torch.Generator, settings: Augment | None = None, size: int | None = None
 ) -> torch.Tensor:
-    """Randomly augmented images (B, C, H, W) in [0, 1], same shape; `generator` lives on their device."""
+    """Randomly augmented images (B, C, H, W) in [0, 1], of the same shape, or `size` pixels square
+    (crops of larger images, as torchvision's RandomResizedCrop(size)); `generator` lives on their device."""
     settings = settings or Augment()
-    images = _crop_and_flip(images, settings, generator)
+    images = _crop_and_flip(images, settings, generator, size)
     if settings.brightness or settings.contrast or settings.saturation:
         images = _jitter(images, settings, generator)
     return images

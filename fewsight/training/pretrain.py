@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -67,6 +67,7 @@ class PretrainConfig:
     lr: float = 0.1
     weight_decay: float = 5e-4
     augment: bool = False
+    crop_from: int = 0  # with augment: training images decoded at this size, cropped to image_size
     jitter: bool = True  # colour jitter as part of --augment (Meta-Baseline's classifier has none)
     lr_drop_epoch: int = 0  # 0: the cosine schedule; else the rate times 0.1 after this epoch
     bf16: bool = False
@@ -104,6 +105,12 @@ class PretrainConfig:
             raise FewsightError(
                 f"--bn-batch must divide --batch-size {self.batch_size} (or be 0: the whole batch)"
             )
+        if not isinstance(self.crop_from, int) or self.crop_from < 0:
+            raise FewsightError("--crop-from must be a number of pixels (or 0: crop from --image-size)")
+        if self.crop_from and not self.augment:
+            raise FewsightError("--crop-from sets where --augment's crops come from: add --augment")
+        if self.crop_from and self.image_size and self.crop_from < self.image_size:
+            raise FewsightError(f"--crop-from must be at least --image-size ({self.image_size})")
         if not self.jitter and not self.augment:
             raise FewsightError("--no-jitter changes --augment: add --augment, or drop --no-jitter")
 
@@ -180,7 +187,8 @@ def pretrain(
     run = config.run_config()
     assign_classes(run)
     config.class_split = run.class_split
-    data = load_split(run, "trainval" if config.trainval else "train", data_root, progress)
+    source = replace(run, image_size=config.crop_from) if config.crop_from else run
+    data = load_split(source, "trainval" if config.trainval else "train", data_root, progress)
     if config.batch_size > len(data.labels):
         raise FewsightError(
             f"--batch-size {config.batch_size} exceeds the {len(data.labels)} training images"
@@ -229,7 +237,7 @@ def pretrain(
         chosen = order[index * config.batch_size : (index + 1) * config.batch_size]
         x, y = images[chosen].float() / 255, labels[chosen]
         if config.augment:
-            x = augment(x, generator, settings)
+            x = augment(x, generator, settings, run.image_size)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
