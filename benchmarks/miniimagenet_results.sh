@@ -7,7 +7,8 @@
 # already exists is resumed (from its checkpoint, or from step 0 if it stopped before its first).
 # Several recipes run side by side on one GPU as separate calls.
 # WEIGHTS=best scores the run's best-validated weights (best.pt, RUNS/NAME.eval-Kshot-best.json),
-# WEIGHTS=ensemble the weights of its best scores together (--keep-best runs, NAME.eval-Kshot-ensemble.json).
+# WEIGHTS=ensemble the weights of its best scores together (--keep-best runs, NAME.eval-Kshot-ensemble.json;
+# mamlpp-ref's default, as its code scores), WEIGHTS=last the last weights (the others' default).
 # EXTRA_FLAGS are added to a new run's training command (e.g. "--cosine-lr --steps 8000"; later flags win);
 # a resumed run keeps its settings and length (60,000 steps unless EXTRA_FLAGS said otherwise).
 # PRETRAIN_FLAGS are added to a new pre-training run's command in the same way.
@@ -21,7 +22,8 @@ set -u
 runs=${1:?RUNS}; name=${2:?NAME}
 python=${PYTHON:-python3}
 limit=${SECONDS_PER_CALL:-600}; episodes=${EPISODES:-1000}; batch=${EVAL_BATCH:-10}; queries=${EVAL_QUERIES:-15}
-weights=${WEIGHTS:-last}; suffix=""; [ "$weights" = last ] || suffix=-$weights
+weights=${WEIGHTS:-last}; [[ -z ${WEIGHTS:-} && $name = mamlpp-ref-* ]] && weights=ensemble
+suffix=""; [ "$weights" = last ] || suffix=-$weights
 common=(--dataset miniimagenet --queries 15 --log-every 100 --val-every 1000
         --val-episodes 200 --checkpoint-every 500 --quiet)
 # MAML as in Finn et al.: Conv4 with 32 channels, 5 inner steps of 0.01 (10 at test), transductive
@@ -80,12 +82,13 @@ case $name in
   # starting at 0.1, second order from the first step, the multi-step loss annealed over 15 of its 100
   # epochs of 500 steps, a constant meta learning rate (its cosine's floor equals its start in the
   # miniImageNet configurations), 50,000 steps, tested with its 5 steps (the per-step rates and
-  # batch-norm weights exist for 5), keeping the weights of its 5 best validation scores, which its
-  # code scores as an ensemble (WEIGHTS=ensemble).
+  # batch-norm weights exist for 5), Xavier weights with zero biases, meta-gradient elements clipped
+  # at 10, validated on 600 tasks every 500 steps, keeping the weights of its 5 best validation scores,
+  # which its code scores as one model, averaging their logits (the default WEIGHTS here: ensemble).
   mamlpp-ref-[15]shot)
     flags=(train --algorithm mamlpp "${maml[@]}" --shots "$shots" --width 1.5 --meta-batch 2 --inner-lr 0.1
            --eval-inner-steps 5 --first-order-steps 1 --multi-step-loss 7500 --cosine-floor 1 --keep-best 5
-           --steps 50000) ;;
+           --weight-init xavier --meta-grad-clip 10 --steps 50000) ;;
   # LEO (Rusu et al. 2019) on a Conv4 learned jointly (the paper uses fixed WRN-28-10 features):
   # 5 latent steps of 1.0 (meta-learned), 4 tasks a meta-batch.
   leo-[15]shot) flags=(train --algorithm leo --ways 5 --shots "$shots" --meta-batch 4 --inner-steps 5 --inner-lr 1.0) ;;
@@ -143,6 +146,7 @@ esac
 [ "${flags[0]}" = train ] && flags+=("${common[@]}")
 [[ $name = reptile-ref-* ]] && flags+=(--queries $((15 - shots)) --val-every 5000)
 [[ $name = metabaseline* ]] && flags+=(--val-every 500)
+[[ $name = mamlpp-ref-* ]] && flags+=(--val-every 500 --val-episodes 600)
 # A new run's length and EXTRA_FLAGS; a resumed run keeps its own (so its cosine schedule is unchanged).
 length=(--steps 60000); [ "$name" = metabaseline ] && length=(--steps "${META_STEPS:-2000}")
 [[ $name = *-ref-* || $name = metabaseline-5shot ]] && length=()  # their recipe sets the length

@@ -116,16 +116,21 @@ def test_the_best_scores_weights_are_kept_and_scored_as_an_ensemble(omniglot_tra
     assert "has no best-STEP.pt files" in error and "--keep-best" in error and error.count("\n") == 1
 
 
-def test_an_ensemble_of_one_model_twice_predicts_as_that_model(omniglot_train):
-    """The ensemble averages probabilities: copies of one learner give that learner's log-probabilities."""
+def test_an_ensemble_averages_its_members_logits(omniglot_train):
+    """As MAML++'s code: the mean of the members' logits (not of their probabilities, which can rank the
+    classes otherwise); copies of one learner give that learner's logits."""
     from fewsight.use.ensemble import Ensemble
 
     torch.manual_seed(0)
-    learner = build_learner(RunConfig(algorithm="maml", inner_steps=1)).eval()
+    first = build_learner(RunConfig(algorithm="maml", inner_steps=1)).eval()
+    second = build_learner(RunConfig(algorithm="maml", inner_steps=1)).eval()
     tasks = next(iter(EpisodeSampler(omniglot_train, 5, 1, 2).fixed_episodes(2, 2, 0)))
-    alone = learner.query_logits(tasks).log_softmax(-1)
-    together = Ensemble([learner, learner], [1, 2]).query_logits(tasks)
-    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    logits = [first.query_logits(tasks), second.query_logits(tasks)]
+    together = Ensemble([first, second], [1, 2]).query_logits(tasks)
+    torch.testing.assert_close(together, (logits[0] + logits[1]) / 2, rtol=1e-5, atol=1e-5)
+    probabilities = (logits[0].softmax(-1) + logits[1].softmax(-1)) / 2
+    assert not torch.allclose(together.softmax(-1), probabilities, atol=1e-4)
+    torch.testing.assert_close(Ensemble([first, first], [1, 2]).query_logits(tasks), logits[0])
 
 
 def test_out_of_memory_says_who_holds_the_card(tmp_path, capsys, monkeypatch):

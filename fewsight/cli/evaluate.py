@@ -77,8 +77,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         choices=("last", "best", "ensemble"),
         default="last",
         help="the run's last checkpoint, the weights that scored best in validation while it trained "
-        "(best.pt), or an ensemble of the weights of its best scores, their probabilities averaged "
-        "(best-STEP.pt, kept by fewsight train --keep-best K) (default: %(default)s)",
+        "(best.pt), or an ensemble of the weights of its best scores, their logits averaged as MAML++'s "
+        "code averages them (best-STEP.pt, kept by fewsight train --keep-best K) (default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     data_flags(parser)

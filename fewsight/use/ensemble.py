@@ -1,10 +1,9 @@
-"""Several weights of one run scored as one model: the mean of their predicted probabilities
-(MAML++'s test protocol: an ensemble of its 5 best-validated models; `fewsight eval --weights ensemble`
-over the best-STEP.pt files that `fewsight train --keep-best K` keeps)."""
+"""Several weights of one run scored as one model: the mean of their logits (MAML++'s test protocol:
+its code averages the raw predictions of its 5 best-validated models; `fewsight eval --weights
+ensemble` over the best-STEP.pt files that `fewsight train --keep-best K` keeps)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from fewsight.run.folder import learner_from
 
 
 class Ensemble(nn.Module):
-    """Learners that adapt to each task on their own; the queries' log mean probability over them."""
+    """Learners that adapt to each task on their own; the queries' logits averaged over them."""
 
     def __init__(self, members: list[MetaLearner], steps: list[int]) -> None:
         super().__init__()
@@ -27,9 +26,7 @@ class Ensemble(nn.Module):
         self.steps = steps  # the training step of each member's weights
 
     def query_logits(self, batch: TaskBatch) -> torch.Tensor:
-        # log of the mean probability, in log space: a probability that rounds to 0 stays finite
-        log_probabilities = torch.stack([m.query_logits(batch).log_softmax(-1) for m in self.members])
-        return log_probabilities.logsumexp(0) - math.log(len(self.members))
+        return torch.stack([member.query_logits(batch) for member in self.members]).mean(0)
 
 
 def load_ensemble(folder: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, Ensemble]:

@@ -111,7 +111,7 @@ def evaluate_run(
     with another metric; `norm="population"` fixes the batch-norm statistics to those of up to
     POPULATION_IMAGES training images (the model-based family), written to RUN/population.pt with
     `keep_statistics`; by default the model normalises as it ships. `weights="best"` scores best.pt,
-    "ensemble" the mean probabilities of the best-STEP.pt weights (--keep-best)."""
+    "ensemble" the mean logits of the best-STEP.pt weights (--keep-best)."""
     if episodes < 1 or batch < 1:
         raise FewsightError("--episodes and --batch must be at least 1")
     for flag, value, least in (("--ways", ways, 2), ("--shots", shots, 1), ("--queries", queries, 1)):
