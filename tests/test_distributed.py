@@ -58,11 +58,12 @@ def assert_same_weights(one: dict, two: dict) -> None:
             torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
 
 
-def _fewsight(args: list[str], processes: int, cwd) -> None:
+def _fewsight(args: list[str], processes: int, cwd) -> str:
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     command = [sys.executable, *(launcher if processes > 1 else []), "-m", "fewsight", *args]
     env = {**os.environ, "FEWSIGHT_DATA": str(SHARED_DATA), "OMP_NUM_THREADS": "1"}
-    subprocess.run(command, check=True, cwd=cwd, env=env, capture_output=True, timeout=600)
+    done = subprocess.run(command, check=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return done.stdout
 
 
 def test_torchrun_training_and_evaluation_equal_one_process(omniglot_train, tmp_path):
@@ -97,6 +98,12 @@ def test_torchrun_training_and_evaluation_equal_one_process(omniglot_train, tmp_
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         if "val_accuracy" in a:  # validation episodes split across the 2 processes, gathered
             assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1e-9)
+    # each episode's score comes back in episode order from the 2 processes' interleaved meta-batches
+    scoring = ["eval", "one", "--episodes", "7", "--batch", "2", "--json", "--quiet", "--device", "cpu"]
+    alone, split = (json.loads(_fewsight(scoring, processes, tmp_path)) for processes in (1, 2))
+    assert len(split["per_episode"]) == 7
+    assert split["per_episode"] == pytest.approx(alone["per_episode"], abs=1e-6)
+    assert len(set(alone["per_episode"])) > 1  # so that a wrong order would show
     # resuming at another world size continues the same run
     longer = ["train", "--steps", "4", "--resume", "--quiet", "--device", "cpu", "--out"]
     _fewsight([*longer, "two"], 1, tmp_path)

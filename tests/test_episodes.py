@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fewsight.data import EpisodeSampler, LabelledImages
-from fewsight.data.episodes import fixed_batches
+from fewsight.data.episodes import fixed_batch_spans, fixed_batches
 from fewsight.errors import FewsightError
 
 
@@ -48,6 +48,9 @@ def test_fixed_episodes_do_not_depend_on_the_batch(omniglot_train):
     for batch in (7, 50, 64):
         drawn = list(sampler.fixed_episodes(120, batch, seed=3))
         assert len(drawn) == fixed_batches(120, batch)
+        spans = fixed_batch_spans(120, batch)  # which episodes each meta-batch holds
+        assert [len(b.query_x) for b in drawn] == [len(span) for span in spans]
+        assert [n for span in spans for n in span] == list(range(120))
         assert max(len(b.query_x) for b in drawn) <= batch
         queries = torch.cat([b.query_x for b in drawn])
         if batch == 7:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -173,6 +172,16 @@ class EpisodeSampler:
                 number += 1
 
 
+def fixed_batch_spans(count: int, batch: int) -> list[range]:
+    """The episode numbers of each meta-batch `EpisodeSampler.fixed_episodes(count, batch, ...)`
+    yields, in its order (rank r of P processes gets the spans r, r + P, ...)."""
+    spans = []
+    for start in range(0, count, FIXED_DRAW):
+        end = min(start + FIXED_DRAW, count)
+        spans += [range(first, min(first + batch, end)) for first in range(start, end, batch)]
+    return spans
+
+
 def fixed_batches(count: int, batch: int) -> int:
     """How many meta-batches `EpisodeSampler.fixed_episodes(count, batch, ...)` yields in all."""
-    return sum(math.ceil(min(FIXED_DRAW, count - start) / batch) for start in range(0, count, FIXED_DRAW))
+    return len(fixed_batch_spans(count, batch))
