@@ -177,6 +177,26 @@ def test_batch_norm_groups_normalise_each_group_on_its_own(backbone):
     assert torch.equal(grouped_features(net, images, 8), net(images))  # one group: the whole batch
 
 
+def test_batch_norm_groups_in_bf16_and_left_behind():
+    """bf16 activations (autocast) are normalised in groups, close to float32, and stay bf16;
+    the groups end with the context, even when the forward fails."""
+    from fewsight.nets.batchnorm import TaskBatchNorm, normalised_in_groups
+
+    torch.manual_seed(0)
+    norm = TaskBatchNorm(6)
+    x = torch.randn(8, 6, 5, 5) * 3 + 2
+    with normalised_in_groups(norm, 4):
+        low = norm(x.bfloat16())
+        high = norm(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), high, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(high, torch.cat([norm(x[:4]), norm(x[4:])]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError), normalised_in_groups(norm, 3):
+        norm(x)  # 3 does not divide 8
+    assert norm.group_size == 0
+    assert not torch.allclose(norm(x), high, atol=1e-3)  # the whole batch again, not two groups
+
+
 def test_pretraining_with_batch_norm_groups(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["pretrain", *FLAGS, "--epochs", "1", "--bn-batch", "32", "--out", str(run)]) == 0

@@ -20,8 +20,9 @@ images, as torch's running statistics are (each sample then normalised on its ow
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -44,6 +45,8 @@ class TaskBatchNorm(nn.Module):
         # Fixed statistics, set only by fewsight.nets.population for evaluation (None: not kept).
         self.register_buffer("population_mean", None)
         self.register_buffer("population_var", None)
+        # Samples per normalisation group, set only within `normalised_in_groups` (0: the whole batch).
+        self.group_size = 0
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """A state dict sets the population statistics where it holds them (a model that ships them,
@@ -58,6 +61,8 @@ class TaskBatchNorm(nn.Module):
             return F.batch_norm(
                 x, self.population_mean, self.population_var, self.weight, self.bias, False, 0.0, self.eps
             )
+        if context_size is None and 0 < self.group_size < x.shape[0]:
+            return self._grouped(x)
         if context_size is None and not torch.jit.is_tracing():  # the tracer cannot export it
             return batch_norm(x, self.weight, self.bias, self.eps)
         context = x if context_size is None else x[:context_size]
@@ -67,6 +72,30 @@ class TaskBatchNorm(nn.Module):
         shape = (1, -1) + (1,) * (x.ndim - 2)
         scale = self.weight.view(shape) * torch.rsqrt(variance + self.eps)
         return torch.addcmul(self.bias.view(shape), x - mean, scale)
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """x normalised in consecutive groups of `group_size` samples, each with its own statistics:
+        the groups are folded into channels for one call of the fused kernel, as tasks are under vmap."""
+        groups = x.unflatten(0, (-1, self.group_size))  # (G, group_size, C, ...)
+        tasks = len(groups)
+        return batch_norm_per_task(tasks, (0, None, None), groups, self.weight, self.bias, self.eps)[
+            0
+        ].flatten(0, 1)
+
+
+@contextlib.contextmanager
+def normalised_in_groups(model: nn.Module, size: int) -> Iterator[nn.Module]:
+    """Within it, every TaskBatchNorm of `model` normalises a batch in consecutive groups of `size`
+    samples, each with its own statistics (0: the whole batch at once), as `size` samples on each GPU
+    under nn.DataParallel are normalised. Written for pre-training: no vmap, no context."""
+    norms = [module for module in model.modules() if isinstance(module, TaskBatchNorm)]
+    for norm in norms:
+        norm.group_size = size
+    try:
+        yield model
+    finally:
+        for norm in norms:
+            norm.group_size = 0
 
 
 class _BatchNorm(torch.autograd.Function):

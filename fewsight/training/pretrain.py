@@ -25,6 +25,7 @@ from torch import nn
 from fewsight.data import EpisodeSampler
 from fewsight.data.augment import Augment, augment
 from fewsight.errors import FewsightError
+from fewsight.nets.batchnorm import normalised_in_groups
 from fewsight.run.build import assign_classes, build_learner, load_split
 from fewsight.run.config import RunConfig
 from fewsight.run.files import CONFIG, write_json
@@ -135,10 +136,8 @@ def grouped_features(backbone: nn.Module, images: torch.Tensor, group: int) -> t
     """The backbone's features of (B, C, H, W) images, batch norm normalising them in consecutive
     groups of `group` (0: all B at once). Meta-Baseline's classifier trains on 4 GPUs, each
     normalising its own 32 of the 128 images of a step (nn.DataParallel); groups reproduce that."""
-    if not group or group == len(images):
+    with normalised_in_groups(backbone, group):
         return backbone(images)
-    groups = images.unflatten(0, (-1, group))  # (B / group, group, C, H, W): one "task" a group
-    return torch.func.vmap(backbone, randomness="different")(groups).flatten(0, 1)
 
 
 def _pretrain_settings(folder: str | os.PathLike) -> dict | None:
