@@ -49,6 +49,12 @@ def test_race_scores_on_its_training_clock_and_stops_at_the_limit(samplers):
     done = summary(rows, race.target)
     assert done["time_to_target"] is None and done["steps"] == rows[-1]["steps"]
     assert done["steps_per_s"] == pytest.approx(rows[-1]["steps"] / rows[-1]["train_seconds"])
+    # The first step's time (its set-up included) is kept from the first scoring after it on.
+    assert rows[0]["first_step_seconds"] is None
+    first = rows[1]["first_step_seconds"]
+    assert 0 < first <= rows[1]["train_seconds"]
+    assert {row["first_step_seconds"] for row in rows[1:]} == {first}
+    assert done["first_step_seconds"] == first
 
 
 def test_race_by_steps_scores_at_multiples_of_its_step_count_and_stops_at_max_steps(samplers):
