@@ -149,3 +149,13 @@ def test_miniimagenet_race_uses_the_maml_papers_setting(tmp_path, capsys):
     assert results["settings"]["target"] == 0.487 and results["settings"]["meta_batch"] == 4
     assert results["contestants"]["fewsight"]["rows"][-1]["steps"] >= 1
     assert "time to 49% validation accuracy" in capsys.readouterr().out
+
+
+def test_setup_time_splits_the_first_step_from_the_later_ones(omniglot_train):
+    """benchmarks/setup_time.py on the CPU: a fresh learner's first step carries its float64
+    self-check (two more meta-gradients), so it is slower than the later steps' mean."""
+    from benchmarks.setup_time import measure
+
+    seconds = measure(maml_config(meta_batch=2, seed=0, cuda_graphs=False), CPU, steps=2)
+    assert set(seconds) == {"cold", "warm", "step"} and min(seconds.values()) > 0
+    assert seconds["warm"] > seconds["step"]
