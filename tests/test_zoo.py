@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytest
 import torch
@@ -246,6 +247,26 @@ def test_the_self_check_compares_in_float64_under_autocast(tasks):
     learner = build("BatchNorm2d, no running statistics", "MAML")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fewsight.check_meta_gradient(learner, tasks) < 1e-9
+
+
+class SearchFlag(nn.Module):
+    """Records whether cuDNN's kernel search is on when it runs (in the class: the self-check runs
+    deep copies of the model)."""
+
+    seen: ClassVar[list[bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        SearchFlag.seen.append(torch.backends.cudnn.benchmark)
+        return x
+
+
+def test_the_self_check_runs_without_kernel_search_and_puts_it_back(tasks, monkeypatch):
+    """Its float64 shapes come once: searching kernels for them would only lengthen the first step."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(SearchFlag, "seen", [])
+    learner = fewsight.MAML(small_cnn(lambda c: SearchFlag()).double(), inner_lr=0.4, steps=1)
+    assert fewsight.check_meta_gradient(learner, tasks) < 1e-9
+    assert SearchFlag.seen and not any(SearchFlag.seen) and torch.backends.cudnn.benchmark
 
 
 def test_the_self_check_leaves_the_random_state_and_can_be_switched_off(tasks):

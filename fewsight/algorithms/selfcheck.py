@@ -9,7 +9,9 @@ loop. `check_meta_gradient` runs it on demand.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -46,6 +48,17 @@ def _reseed(device: torch.device) -> None:
         torch.cuda.default_generators[index].manual_seed(0)
 
 
+@contextlib.contextmanager
+def _without_kernel_search() -> Iterator[None]:
+    """cuDNN's kernel search (`cudnn.benchmark`) off within, as it was after."""
+    searching = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = searching
+
+
 def check_meta_gradient(learner: MAML, batch: TaskBatch, tasks: int = 2) -> float:
     """Relative difference (Euclidean norm) between the vectorised and the per-task meta-gradient of
     `learner` on the first `tasks` tasks of `batch`, in float64; the learner, its gradients and the
@@ -54,10 +67,12 @@ def check_meta_gradient(learner: MAML, batch: TaskBatch, tasks: int = 2) -> floa
     sample = batch.tasks_between(0, min(tasks, batch.tasks))
     sample = replace(sample, support_x=sample.support_x.double(), query_x=sample.query_x.double())
     device = sample.query_x.device
-    # float64 throughout, whatever autocast the training loop runs under (bf16 would not compare).
+    # float64 throughout, whatever autocast the training loop runs under (bf16 would not compare);
+    # no cuDNN kernel search for the check's float64 shapes, which training never meets again.
     with (
         torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
         torch.autocast(device.type, enabled=False),
+        _without_kernel_search(),
     ):
         _reseed(device)
         vectorised = _meta_gradient(learner, sample, per_task=False)
