@@ -133,13 +133,15 @@ case $name in
                          --image-size 80 --input-norm imagenet --epochs "${PRETRAIN_EPOCHS:-100}"
                          --lr-drop-epoch 90 --batch-size 128 --bn-batch 32 --augment --crop-from 84
                          --no-jitter --bf16 --metric cosine --quiet) ;;
-  # Meta-Baseline's stage on it, as its code: 5-way tasks of its shot count, 4 a meta-batch, all images
-  # of a step's 4 tasks normalised as one batch, SGD (1e-3, momentum 0.9, weight decay 5e-4, constant),
-  # 4,000 steps, scored from its best-validated weights.
+  # Meta-Baseline's stage on it, as its code: 5-way tasks of its shot count, 4 a meta-batch, the images
+  # of 2 tasks normalised as one batch (its code runs the stage on 2 GPUs, 2 of a step's 4 tasks on
+  # each), SGD (1e-3, momentum 0.9, weight decay 5e-4, constant), 4,000 steps, scored from its
+  # best-validated weights.
   metabaseline-ref-[15]shot)
     flags=(train --algorithm protonet --metric cosine --backbone resnet12-512 --width "${PRETRAIN_WIDTH:-1}"
            --init "$runs/classifier-ref" --image-size 80 --input-norm imagenet --ways 5 --shots "$shots"
-           --meta-batch 4 --step-statistics --meta-optimizer sgd --meta-lr 1e-3 --weight-decay 5e-4 --bf16
+           --meta-batch 4 --step-statistics --step-statistics-tasks 2 --meta-optimizer sgd --meta-lr 1e-3
+           --weight-decay 5e-4 --bf16
            --steps 4000) ;;
   *) echo "unknown recipe $name" >&2; exit 2 ;;
 esac

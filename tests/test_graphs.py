@@ -67,10 +67,11 @@ RECORDED = {  # name: the run's settings
         "meta_lr": 0.5,
     },
     "mamlpp": {"algorithm": "mamlpp", "multi_step_loss": 2, "first_order_steps": 2},
-    "metabaseline-stage": {  # SGD with momentum and weight decay, all the step's images one batch
+    "metabaseline-stage": {  # SGD with momentum and weight decay, each 2 tasks' images one batch
         "algorithm": "protonet",
         "metric": "cosine",
         "step_statistics": True,
+        "step_statistics_tasks": 2,
         "meta_optimizer": "sgd",
         "meta_lr": 0.125,  # exact in float32, in which a fused kernel reads its rate
         "weight_decay": 5e-4,

@@ -229,3 +229,36 @@ def test_step_statistics_normalise_all_tasks_of_a_step_as_one_batch(batch64):
     per_task = fewsight.ProtoNet(ours.encoder).double()
     assert not torch.allclose(ours.train().query_logits(batch64), per_task.train().query_logits(batch64))
     torch.testing.assert_close(ours.eval().query_logits(batch64), per_task.eval().query_logits(batch64))
+
+
+def test_step_statistics_in_groups_of_tasks_normalise_each_group_as_one_batch(omniglot_train, tmp_path):
+    """--step-statistics-tasks 2 of 4 tasks (Meta-Baseline's stage on 2 GPUs): float64 logits and
+    meta-gradient equal those of two step-statistics batches of 2 tasks each."""
+    sampler = fewsight.EpisodeSampler(omniglot_train, ways=5, shots=1, queries=2, dtype=torch.float64)
+    batch = sampler.sample(4, sampler.generator(0))
+    torch.manual_seed(0)
+    grouped = fewsight.ProtoNet(Conv4(None), step_statistics=True, step_statistics_tasks=2).double().train()
+    whole = fewsight.ProtoNet(grouped.encoder, step_statistics=True).double().train()
+    halves = [batch.tasks_between(0, 2), batch.tasks_between(2, 4)]
+    expected = torch.cat([whole.query_logits(half) for half in halves])
+    torch.testing.assert_close(grouped.query_logits(batch), expected, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(whole.query_logits(batch), expected)  # all 4 as one batch differ
+    leaves = list(grouped.encoder.parameters())
+    gradient = torch.autograd.grad(grouped.meta_loss(batch).loss, leaves)
+    mean = sum(whole.meta_loss(half).loss for half in halves) / 2
+    for got, want in zip(gradient, torch.autograd.grad(mean, leaves), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+    torch_norm = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
+    with pytest.raises(
+        fewsight.FewsightError, match=r"convert the encoder with fewsight\.nets\.replace_batchnorm"
+    ):
+        fewsight.ProtoNet(torch_norm, step_statistics=True, step_statistics_tasks=2)
+
+    from tests.test_inputs import assert_clear_error, run_cli
+
+    flags = ["train", "--algorithm", "protonet", "--meta-batch", "4", "--out", str(tmp_path / "bad")]
+    for wrong in (["--step-statistics-tasks", "2"], ["--step-statistics", "--step-statistics-tasks", "3"]):
+        status, _, err = run_cli([*flags, *wrong])
+        assert_clear_error(status, err)
+        assert "--step-statistics-tasks needs --step-statistics and must divide --meta-batch 4" in err

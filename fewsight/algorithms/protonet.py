@@ -22,6 +22,7 @@ from torch import nn
 from fewsight.algorithms.predictor import Head, ParameterPredictor, class_means
 from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
+from fewsight.nets.batchnorm import normalised_in_groups
 
 METRICS = ("euclidean", "cosine")
 INITIAL_TEMPERATURE = 10.0  # Meta-Baseline's: cosines in [-1, 1] alone give too flat a softmax
@@ -34,6 +35,9 @@ class ProtoNet(ParameterPredictor):
     the temperature a parameter of the learner, starting at 10).
     joint_statistics: embed each episode's support and query images as one batch (transductive only).
     step_statistics: in training, embed all images of all the step's tasks as one batch (transductive only).
+    step_statistics_tasks: with step_statistics, embed the tasks in groups of this many instead, each
+    group's images as one batch (0: all), as the images on each GPU under nn.DataParallel; the
+    encoder's batch norm must be TaskBatchNorm (`fewsight.nets.replace_batchnorm` makes it so).
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class ProtoNet(ParameterPredictor):
         metric: str = "euclidean",
         joint_statistics: bool = False,
         step_statistics: bool = False,
+        step_statistics_tasks: int = 0,
     ) -> None:
         super().__init__(encoder, transductive)
         if metric not in METRICS:
@@ -53,6 +58,14 @@ class ProtoNet(ParameterPredictor):
                 "or --joint-statistics and --step-statistics"
             )
         self.metric, self.joint_statistics, self.step_statistics = metric, joint_statistics, step_statistics
+        self.step_statistics_tasks = step_statistics_tasks
+        if step_statistics_tasks and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules()
+        ):
+            raise FewsightError(
+                "--step-statistics-tasks groups fewsight's TaskBatchNorm layers, not torch's batch norm: "
+                "convert the encoder with fewsight.nets.replace_batchnorm"
+            )
         if metric == "cosine":  # only then, so Euclidean checkpoints, older ones included, fit as before
             self.temperature = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
 
@@ -85,11 +98,26 @@ class ProtoNet(ParameterPredictor):
 
     def _step_heads_and_logits(self, batch: TaskBatch) -> tuple[Head, torch.Tensor]:
         """Every support and query image of the batch's tasks embedded as one batch, so batch norm
-        normalises them with the step's statistics (Meta-Baseline's meta-training)."""
+        normalises them with the step's statistics (Meta-Baseline's meta-training); with
+        step_statistics_tasks, one batch per group of that many tasks (its supports, then its queries)."""
         tasks, support_size = batch.support_x.shape[:2]
-        features = self.embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-        support = features[: tasks * support_size].unflatten(0, (tasks, support_size))
-        queries = features[tasks * support_size :].unflatten(0, (tasks, -1))
+        query_size = batch.query_x.shape[1]
+        group = self.step_statistics_tasks or tasks
+        if tasks % group:
+            raise FewsightError(
+                f"--step-statistics-tasks {group} must divide the {tasks} tasks a step (on each process)"
+            )
+        by_group = torch.cat(  # (groups, group * (support + query) images, C, H, W)
+            [
+                batch.support_x.unflatten(0, (-1, group)).flatten(1, 2),
+                batch.query_x.unflatten(0, (-1, group)).flatten(1, 2),
+            ],
+            dim=1,
+        )
+        with normalised_in_groups(self.encoder, by_group.shape[1]):
+            features = self.embed(by_group.flatten(0, 1)).unflatten(0, (tasks // group, -1))
+        support = features[:, : group * support_size].reshape(tasks, support_size, -1)
+        queries = features[:, group * support_size :].reshape(tasks, query_size, -1)
         ways = batch.ways
         prototypes = torch.vmap(lambda s, y: class_means(s, y, ways))(support, batch.support_y)
         return {"prototypes": prototypes}, torch.vmap(self.compare)(queries, prototypes)
@@ -100,6 +128,13 @@ class ProtoNet(ParameterPredictor):
         if metric == self.metric:
             return self
         weight = next(self.encoder.parameters())
-        other = ProtoNet(self.encoder, self.transductive, metric, self.joint_statistics, self.step_statistics)
+        other = ProtoNet(
+            self.encoder,
+            self.transductive,
+            metric,
+            self.joint_statistics,
+            self.step_statistics,
+            self.step_statistics_tasks,
+        )
         other = other.to(weight.device, weight.dtype)
         return other.train(self.training)

@@ -56,6 +56,9 @@ HELP = {
     "base_mix": "weightpred: probability of using a class's stored base weights while meta-training",
     "metric": "protonet: compare queries with the class prototypes by squared euclidean distance, or by "
     "cosine similarity times a learned temperature starting at 10 (Meta-Baseline)",
+    "step_statistics_tasks": "protonet with --step-statistics: normalise the step's tasks in groups of this "
+    "many, each group's support and query images as one batch (Meta-Baseline's stage: 2 of its 4 on each "
+    "of 2 GPUs); 0: all of them together",
     "seed": "seed of the initialisation and of the training episodes",
     "val_every": "validate every this many steps",
     "val_episodes": "validation episodes (fixed)",

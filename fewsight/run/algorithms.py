@@ -91,7 +91,12 @@ def mamlpp_preset(config: RunConfig) -> None:
 def _protonet(config: RunConfig, backbone: nn.Module) -> ProtoNet:
     """ProtoNet with the run's metric and batch-norm batching."""
     return ProtoNet(
-        backbone, config.transductive, config.metric, config.joint_statistics, config.step_statistics
+        backbone,
+        config.transductive,
+        config.metric,
+        config.joint_statistics,
+        config.step_statistics,
+        config.step_statistics_tasks,
     )
 
 

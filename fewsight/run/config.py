@@ -68,6 +68,7 @@ class RunConfig:
     transductive: bool = True
     joint_statistics: bool = False  # protonet: an episode's support and query images as one batch
     step_statistics: bool = False  # protonet: in training, all images of a step's tasks as one batch
+    step_statistics_tasks: int = 0  # with step_statistics: tasks per batch-norm batch (0: all the step's)
     trainval: bool = False
     seed: int = 0
     val_every: int = 1000
@@ -227,6 +228,15 @@ class RunConfig:
                     f"--{flag.replace('_', '-')} applies to --algorithm protonet, transductive: "
                     "drop it or --non-transductive"
                 )
+        if self.step_statistics_tasks and (
+            not self.step_statistics
+            or self.step_statistics_tasks < 0
+            or self.meta_batch % self.step_statistics_tasks
+        ):
+            raise FewsightError(
+                "--step-statistics-tasks needs --step-statistics and must divide --meta-batch "
+                f"{self.meta_batch} (or be 0: all the step's tasks)"
+            )
         check_seed(self.seed)
         check_backbone(self.backbone, self.width, self.drop_rate)
         if not self.adapt_norm and self.algorithm not in taking(ADAPT_NORM):
