@@ -15,6 +15,8 @@ still normalises each task on its own, so a task's score never depends on the ta
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,7 +116,8 @@ class ProtoNet(ParameterPredictor):
             ],
             dim=1,
         )
-        with normalised_in_groups(self.encoder, by_group.shape[1]):
+        grouped = normalised_in_groups(self.encoder, by_group.shape[1]) if group < tasks else nullcontext()
+        with grouped:
             features = self.embed(by_group.flatten(0, 1)).unflatten(0, (tasks // group, -1))
         support = features[:, : group * support_size].reshape(tasks, support_size, -1)
         queries = features[:, group * support_size :].reshape(tasks, query_size, -1)

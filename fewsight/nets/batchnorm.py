@@ -77,17 +77,18 @@ class TaskBatchNorm(nn.Module):
         """x normalised in consecutive groups of `group_size` samples, each with its own statistics:
         the groups are folded into channels for one call of the fused kernel, as tasks are under vmap."""
         groups = x.unflatten(0, (-1, self.group_size))  # (G, group_size, C, ...)
-        tasks = len(groups)
-        return batch_norm_per_task(tasks, (0, None, None), groups, self.weight, self.bias, self.eps)[
-            0
-        ].flatten(0, 1)
+        output, _, _ = batch_norm_per_task(
+            len(groups), (0, None, None), groups, self.weight, self.bias, self.eps
+        )
+        return output.flatten(0, 1)
 
 
 @contextlib.contextmanager
 def normalised_in_groups(model: nn.Module, size: int) -> Iterator[nn.Module]:
     """Within it, every TaskBatchNorm of `model` normalises a batch in consecutive groups of `size`
     samples, each with its own statistics (0: the whole batch at once), as `size` samples on each GPU
-    under nn.DataParallel are normalised. Written for pre-training: no vmap, no context."""
+    under nn.DataParallel are normalised (pre-training's --bn-batch, the stage's --step-statistics-tasks).
+    Not for vmap or a context size: those paths ignore the groups."""
     norms = [module for module in model.modules() if isinstance(module, TaskBatchNorm)]
     for norm in norms:
         norm.group_size = size

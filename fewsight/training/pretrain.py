@@ -136,6 +136,8 @@ def grouped_features(backbone: nn.Module, images: torch.Tensor, group: int) -> t
     """The backbone's features of (B, C, H, W) images, batch norm normalising them in consecutive
     groups of `group` (0: all B at once). Meta-Baseline's classifier trains on 4 GPUs, each
     normalising its own 32 of the 128 images of a step (nn.DataParallel); groups reproduce that."""
+    if not group or group >= len(images):  # one group: no module walk on every step
+        return backbone(images)
     with normalised_in_groups(backbone, group):
         return backbone(images)
 
