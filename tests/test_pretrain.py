@@ -156,15 +156,23 @@ def test_meta_baselines_classifier_recipe(tmp_path, capsys):
     assert "--no-jitter changes --augment: add --augment, or drop --no-jitter" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("backbone", ["resnet12-512", "conv4"])
-def test_batch_norm_groups_normalise_each_group_on_its_own(backbone):
-    """--bn-batch 4 of 8 images: features and gradients (float64) are those of two separate batches."""
+@pytest.mark.parametrize(
+    ("backbone", "layout"),
+    [
+        ("resnet12-512", torch.contiguous_format),
+        ("conv4", torch.contiguous_format),
+        ("resnet12-512", torch.channels_last),
+    ],
+)
+def test_batch_norm_groups_normalise_each_group_on_its_own(backbone, layout):
+    """--bn-batch 4 of 8 images: features and gradients (float64) are those of two separate batches,
+    also in the channels-last layout that pre-training uses on a GPU."""
     from fewsight.training.pretrain import grouped_features
 
     torch.manual_seed(0)
     run = RunConfig(dataset="miniimagenet", algorithm="protonet", backbone=backbone, width=0.0625)
-    net = build_learner(run).encoder.double()
-    images = torch.randn(8, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    net = build_learner(run).encoder.double().to(memory_format=layout)
+    images = torch.randn(8, 3, 16, 16, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
     grouped = grouped_features(net, images, 4)
     separate = torch.cat([net(images[:4]), net(images[4:])])
     torch.testing.assert_close(grouped, separate, rtol=1e-12, atol=1e-12)
@@ -175,6 +183,31 @@ def test_batch_norm_groups_normalise_each_group_on_its_own(backbone):
     for got, want in zip(gradients, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     assert torch.equal(grouped_features(net, images, 8), net(images))  # one group: the whole batch
+
+
+def test_batch_norm_groups_keep_the_channels_last_layout():
+    """A channels-last input is normalised in groups without leaving its layout (where a layout
+    change made every next convolution convert it back), in values and gradients as two batches."""
+    from fewsight.nets.batchnorm import TaskBatchNorm, normalised_in_groups
+
+    torch.manual_seed(0)
+    norm = TaskBatchNorm(6).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(8, 6, 5, 7, dtype=torch.float64) * 3 + 2
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    with normalised_in_groups(norm, 4):
+        grouped = norm(x)
+    assert grouped.is_contiguous(memory_format=torch.channels_last) and not grouped.is_contiguous()
+    separate = torch.cat([norm(x[:4]), norm(x[4:])])
+    torch.testing.assert_close(grouped, separate, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(grouped)
+    got = torch.autograd.grad((grouped * upstream).sum(), [x, norm.weight, norm.bias])
+    want = torch.autograd.grad((separate * upstream).sum(), [x, norm.weight, norm.bias])
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_batch_norm_groups_in_bf16_and_left_behind():

@@ -1,0 +1,70 @@
+"""What pre-training's batch-norm groups (--bn-batch) cost: a ResNet-12's forward and backward pass on
+a batch of random images without groups and with them, in the standard and the channels-last layout
+(what `fewsight pretrain` runs on a GPU). Prints the median pass of each and its ratio to no groups.
+
+Usage: python benchmarks/bn_groups.py [--width 0.5] [--images 64] [--size 80] [--group 16]
+[--rounds 5] [--device cpu] [--threads 2] (for an A/B of two commits, run it in a checkout of each)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from fewsight.nets.batchnorm import normalised_in_groups
+from fewsight.run.build import build_learner
+from fewsight.run.config import RunConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", type=int, default=80)
+    parser.add_argument("--group", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    config = RunConfig(
+        dataset="miniimagenet", algorithm="protonet", backbone="resnet12-512", width=args.width
+    )
+    encoder = build_learner(config).encoder.to(device)
+    images = torch.randn(args.images, 3, args.size, args.size, device=device)
+
+    def one_pass(layout: torch.memory_format, group: int) -> float:
+        net, x = encoder.to(memory_format=layout), images.contiguous(memory_format=layout)
+        start = time.perf_counter()
+        with normalised_in_groups(net, group) if group else nullcontext():
+            net(x).square().sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    cases = [
+        (name, layout, group)
+        for name, layout in (("standard", torch.contiguous_format), ("channels-last", torch.channels_last))
+        for group in (0, args.group)
+    ]
+    times = {case: [] for case in cases}
+    for case in cases:  # warm-up
+        one_pass(*case[1:])
+    for _ in range(args.rounds):  # alternating, so that every case sees the same load
+        for case in cases:
+            times[case].append(one_pass(*case[1:]))
+    for name, layout, group in cases:
+        median = statistics.median(times[name, layout, group])
+        base = statistics.median(times[name, layout, 0])
+        label = f"groups of {group}" if group else "no groups"
+        print(f"{name:13} {label:12} {median * 1000:9.1f} ms  {median / base:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
