@@ -7,11 +7,13 @@ convolution (its one input channel widened with a zero channel, so that the task
 is no longer a depthwise one, which torch runs with its own kernels instead of cuDNN's), each variant
 that changes the arithmetic checked against the float64 per-task reference; then the step's kernel
 profile, with the kernels' full names.
-An experiment behind docs/BENCHMARKS.md, for a GPU: python benchmarks/ablation.py
+An experiment behind docs/BENCHMARKS.md, for a GPU: python benchmarks/ablation.py [--variants NAME ...]
+[--no-profile]
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import statistics
 import time
@@ -135,9 +137,20 @@ def replay_ms(case: bench.Case, device: torch.device, bf16: bool, channels_last:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=VARIANTS,
+        metavar="NAME",
+        help="only these (quoted), of: " + "; ".join(VARIANTS) + " (default: all)",
+    )
+    parser.add_argument("--no-profile", action="store_true", help="leave out the kernel profiles at the end")
+    args = parser.parse_args()
     device = torch.device("cuda")
     for case in CASES:
-        for name in VARIANTS:
+        for name in args.variants:
             with variant(name):
                 ms = replay_ms(case, device, bf16=name == "bf16", channels_last=name == "channels_last")
                 error = None
@@ -145,7 +158,7 @@ def main() -> None:
                 if changed:  # other arithmetic: checked against the float64 reference
                     error = bench.gradient_error(case, bench.graphed_implementation(), device)
             print(f"{case.name} | {name} | {ms:.1f} ms | gradient error {error}", flush=True)
-    for case in CASES:
+    for case in [] if args.no_profile else CASES:
         print(profile(device, case, top=20, width=160))
 
 
