@@ -3,8 +3,9 @@ time against the step before commit 1caaec7 (torch's convolution, whose double b
 the tasks, and batch norm written out under vmap), under variants of the convolution (im2col + matmul
 instead of cuDNN's grouped kernels), of
 precision (TF32 off, bf16 autocast), of memory layout (channels-last) and of the first Omniglot
-convolution (its one input channel widened with a zero channel, so that the tasks' grouped convolution
-is no longer a depthwise one, which torch runs with its own kernels instead of cuDNN's), each variant
+convolution (its one input channel left alone, so that the tasks' grouped convolution is a depthwise
+one, which torch runs with its own kernels instead of cuDNN's; the default widens it with a zero
+channel), each variant
 that changes the arithmetic checked against the float64 per-task reference; then the step's kernel
 profile, with the kernels' full names.
 An experiment behind docs/BENCHMARKS.md, for a GPU: python benchmarks/ablation.py [--variants NAME ...]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Iterator
@@ -24,7 +26,6 @@ import torch.nn.functional as F
 from run import profile  # benchmarks/run.py, beside this file
 
 from fewsight.nets import conv, conv4
-from fewsight.nets.folding import tasks_first
 from fewsight.training import bench
 
 CASES = [bench.Case("omniglot", "maml", 5, 1, 32), bench.Case("miniimagenet", "maml", 5, 1, 4)]
@@ -39,7 +40,7 @@ VARIANTS = [
     "unfold all convs + matmul tf32",
     "bf16",
     "channels_last",
-    "first conv widened",
+    "first conv depthwise",
 ]
 
 
@@ -70,17 +71,6 @@ def torch_layers_block(self, x, context_size=None, film=None):
     return F.relu(F.max_pool2d(self.norm(x, x.shape[0] if context_size is None else context_size), 2))
 
 
-def widened_conv_per_task(tasks, in_dims, x, weight, bias, groups):
-    """`conv.conv_per_task` with a zero channel beside a one-channel input and zero weights for it:
-    the same output and derivatives, two channels a group instead of one."""
-    if in_dims[1] is None or weight.shape[-3] != 1:
-        return ORIGINAL_CONV_PER_TASK(tasks, in_dims, x, weight, bias, groups)
-    x, weight = tasks_first(x, in_dims[0], tasks), tasks_first(weight, in_dims[1], tasks)
-    x = torch.cat([x, torch.zeros_like(x)], dim=2)  # (T, B, 2, H, W)
-    weight = torch.cat([weight, torch.zeros_like(weight)], dim=2)  # (T, O, 2, k, k)
-    return ORIGINAL_CONV_PER_TASK(tasks, (0, 0, in_dims[2]), x, weight, bias, groups)
-
-
 ORIGINAL_CONV_PER_TASK = conv.conv_per_task
 
 
@@ -98,8 +88,8 @@ def variant(name: str) -> Iterator[None]:
             conv4.ConvBlock.forward = block_with_unfold(first_only=name == "unfold first conv")
         if name.startswith("torch conv"):
             conv4.ConvBlock.forward = torch_layers_block
-        if name == "first conv widened":  # both callers: the conv's own vmap rule and a block's
-            conv.conv_per_task = conv4.conv_per_task = widened_conv_per_task
+        if name == "first conv depthwise":  # both callers: the conv's own vmap rule and a block's
+            conv.conv_per_task = conv4.conv_per_task = functools.partial(ORIGINAL_CONV_PER_TASK, widen=False)
         yield
     finally:
         conv4.ConvBlock.forward = original

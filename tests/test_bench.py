@@ -16,6 +16,22 @@ def test_vmap_and_loop_give_the_reference_meta_gradient() -> None:
             assert bench.gradient_error(TINY, implementation, torch.device("cpu")) < 1e-10, name
 
 
+def test_the_widened_first_convolution_gives_the_reference_meta_gradient(monkeypatch) -> None:
+    """What a GPU runs on Omniglot's one-channel images (a zero channel beside them, so that cuDNN
+    takes the tasks' first convolution), forced on the CPU: the float64 meta-gradient is the per-task
+    reference's."""
+    from functools import partial
+
+    from fewsight.nets import conv, conv4
+
+    widened = partial(conv.conv_per_task, widen=True)
+    monkeypatch.setattr(conv, "conv_per_task", widened)
+    monkeypatch.setattr(conv4, "conv_per_task", widened)
+    case = bench.Case("omniglot", "maml", ways=3, shots=1, meta_batch=2, inner_steps=2, queries=2)
+    vmapped = bench.fewsight_implementation(per_task=False)
+    assert bench.gradient_error(case, vmapped, torch.device("cpu")) < 1e-10
+
+
 def test_a_wrong_meta_gradient_is_caught() -> None:
     def first_order(learner, batch):
         learner.first_order = True  # drops the second-order terms: not the reference's meta-gradient

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from fewsight.nets import Conv4, TaskBatchNorm, same_conv2d
 from fewsight.nets.batchnorm import batch_norm
+from fewsight.nets.conv import conv_per_task
 from fewsight.nets.pooling import max_pool2_with_indices, pool_relu
 
 
@@ -112,6 +113,25 @@ def test_same_conv_under_vmap_keeps_second_derivatives():
     (vmapped_grad,) = torch.autograd.grad(vmapped, weight)
     (looped_grad,) = torch.autograd.grad(looped, weight)
     torch.testing.assert_close(vmapped_grad, looped_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_a_zero_channel_beside_one_input_channel_changes_nothing_to_second_order():
+    """Per-task weights on one-channel images (Omniglot's first layer) widened with a zero channel, as
+    a GPU runs them so that cuDNN takes the convolution: in float64 the output, the weight gradient and
+    the derivatives of both equal the plain grouped convolution's."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 1, 6, 6, dtype=torch.float64)  # tasks, images, one channel
+    weight = torch.randn(3, 5, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+
+    def derivatives(widen: bool) -> tuple[torch.Tensor, ...]:
+        y = conv_per_task(3, (0, 0, 0), x, weight, bias, 1, widen=widen)
+        (gradient,) = torch.autograd.grad(y.sin().sum(), weight, create_graph=True)
+        return y, gradient, *torch.autograd.grad(gradient.pow(2).sum() + y.pow(3).sum(), [weight, bias])
+
+    for wide, plain in zip(derivatives(True), derivatives(False), strict=True):
+        torch.testing.assert_close(wide, plain, rtol=1e-12, atol=1e-12)
+    assert conv_per_task(3, (0, 0, 0), x, weight, bias, 1, widen=True).shape == (3, 4, 5, 6, 6)
 
 
 def test_conv4_trains_under_bf16_autocast():

@@ -107,19 +107,37 @@ class _WeightGrad(_KeepsTwoInputs):
 
 
 def conv_per_task(
-    tasks: int, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+    tasks: int,
+    in_dims: tuple,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
+    widen: bool | None = None,
 ) -> torch.Tensor:
     """`same_conv2d` of every task at once, the vmap rule's work: x, weight and bias with their task
     dimension at `in_dims` (None: shared by all tasks), the output (T, B, C, H, W). Per-task weights
     make the tasks groups of one convolution (as torch's own batching rule does); shared weights make
-    them one batch."""
+    them one batch. `widen` (by default on a GPU): see `_with_zero_channel`."""
     x = tasks_first(x, in_dims[0], tasks)
     if in_dims[1] is None and in_dims[2] is None:
         output = _SameConv.apply(x.flatten(0, 1), weight, bias, groups)
         return output.view(tasks, x.shape[1], *output.shape[1:])
-    weight = tasks_first(weight, in_dims[1], tasks).flatten(0, 1)
+    weight = tasks_first(weight, in_dims[1], tasks)
+    if (x.is_cuda if widen is None else widen) and groups == 1 and weight.shape[2] == 1:
+        x, weight = _with_zero_channel(x, weight)
+    weight = weight.flatten(0, 1)
     bias = None if bias is None else tasks_first(bias, in_dims[2], tasks).flatten()
     return unfold_channels(_SameConv.apply(fold_channels(x), weight, bias, groups * tasks), tasks)
+
+
+def _with_zero_channel(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-channel inputs (T, B, 1, H, W) and their per-task weights (T, O, 1, k, k), each with a zero
+    channel beside: the same convolution and derivatives. The tasks' grouped convolution then has two
+    input channels a group instead of one, a shape torch gives to cuDNN; with one (Omniglot's first
+    layer, a depthwise convolution) a GPU runs torch's own depthwise kernels, 18% of the Omniglot
+    MAML step on an H200 (docs/BENCHMARKS.md)."""
+    return torch.cat([x, torch.zeros_like(x)], dim=2), torch.cat([weight, torch.zeros_like(weight)], dim=2)
 
 
 def same_conv2d(
