@@ -3,7 +3,8 @@ a batch of random images without groups and with them, in the standard and the c
 (what `fewsight pretrain` runs on a GPU). Prints the median pass of each and its ratio to no groups.
 
 Usage: python benchmarks/bn_groups.py [--width 0.5] [--images 64] [--size 80] [--group 16]
-[--rounds 5] [--device cpu] [--threads 2] (for an A/B of two commits, run it in a checkout of each)
+[--rounds 5] [--device cpu] [--threads 2] [--bf16] (bf16 autocast, as pre-training's --bf16; for an A/B of
+two commits, run it in a checkout of each)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="under bf16 autocast, as pre-training's --bf16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -42,8 +44,12 @@ def main() -> None:
     def one_pass(layout: torch.memory_format, group: int) -> float:
         net, x = encoder.to(memory_format=layout), images.contiguous(memory_format=layout)
         start = time.perf_counter()
-        with normalised_in_groups(net, group) if group else nullcontext():
-            net(x).square().sum().backward()
+        with (
+            normalised_in_groups(net, group) if group else nullcontext(),
+            torch.autocast(device.type, torch.bfloat16, enabled=args.bf16),
+        ):
+            features = net(x)
+        features.float().square().sum().backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
