@@ -92,8 +92,9 @@ def _grouped_channels_last(
     """`TaskBatchNorm._grouped` of a channels-last x (B, C, H, W), stored as (B, H, W, C): the groups
     fold into channels stored as (size, H, W, G, C) and back, one copy each way, and the output is
     channels-last too. Folding through the standard layout instead made each of those copies change
-    the layout, and cuDNN then converted every next convolution's input back (about half of
-    pre-training's speed with --bn-batch on an H200)."""
+    the layout, and cuDNN then converted every next convolution's input back (on the CPU that took
+    the groups' cost from about 1.3x to 1.8x; on an H200, pre-training with groups ran at about half
+    its speed without them: docs/BENCHMARKS.md)."""
     stored = x.permute(0, 2, 3, 1).unflatten(0, (-1, size))  # (G, size, H, W, C): a view
     groups = stored.shape[0]
     folded = stored.permute(1, 2, 3, 0, 4).flatten(3).permute(0, 3, 1, 2)  # (size, G*C, H, W)
