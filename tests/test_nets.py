@@ -134,6 +134,37 @@ def test_a_zero_channel_beside_one_input_channel_changes_nothing_to_second_order
     assert conv_per_task(3, (0, 0, 0), x, weight, bias, 1, widen=True).shape == (3, 4, 5, 6, 6)
 
 
+def test_a_second_order_meta_step_fills_no_zero_gradients():
+    """The layers' backward passes make no zero-filled tensor the size of an activation (gradients of
+    the pool's indices, of batch norm's statistics, of a pool's or ReLU's mask): on a GPU each is a
+    kernel writing memory for nothing, and in a CUDA graph every replay repeats it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from fewsight.training import bench
+
+    class ZeroFills(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func._schema.name.split("::")[-1] in ("zeros", "zeros_like", "new_zeros", "fill_", "zero_"):
+                self.sizes += [v.numel() for v in tree_leaves(out) if isinstance(v, torch.Tensor)]
+            return out
+
+    case = bench.Case("omniglot", "maml", ways=3, shots=1, meta_batch=2, inner_steps=2, queries=2)
+    torch.manual_seed(0)
+    learner = bench.build_learner(case.config())
+    learner.per_task = False
+    batch = bench.meta_batch(case, case.meta_batch, torch.device("cpu"), torch.float32)
+    largest_parameter = max(p.numel() for p in learner.parameters())
+    with ZeroFills() as fills:
+        learner.meta_loss(batch).loss.backward()
+    assert all(size <= largest_parameter for size in fills.sizes), max(fills.sizes)
+
+
 def test_conv4_trains_under_bf16_autocast():
     """The custom convolution and batch norm backward passes run under autocast (as `--bf16` does),
     first and second order, and give float32 gradients pointing where float32's do (bf16 alone moves

@@ -134,9 +134,12 @@ class _BatchNorm(torch.autograd.Function):
         x, weight, _, ctx.eps = inputs
         ctx.save_for_backward(x, weight, outputs[1], outputs[2])
         ctx.mark_non_differentiable(outputs[1], outputs[2])
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics: None instead
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor, _mean: torch.Tensor, _inverse_std: torch.Tensor) -> tuple:
+    def backward(ctx: Any, grad: torch.Tensor | None, _mean: None, _inverse_std: None) -> tuple:
+        if grad is None:
+            return None, None, None, None
         x, weight, mean, inverse_std = ctx.saved_tensors
         needs = list(ctx.needs_input_grad[:3])
         if not torch.is_grad_enabled():  # no graph of the backward is wanted: the fused kernel
@@ -219,38 +222,43 @@ class _BatchNormBackward(torch.autograd.Function):
             return v.to(dtype).view(shape)
 
         def average(v: torch.Tensor) -> torch.Tensor:
-            return v.sum(dims, keepdim=True) / count
+            return v.mean(dims, keepdim=True)
 
+        # The per-channel arithmetic below is written in few operations (addcmul: one for a·b + c),
+        # as each is a kernel launch on a GPU, in a step that makes hundreds of them.
         r = channel(inverse_std)
         g = grad.to(dtype)
         normalised = (x.to(dtype) - channel(mean)) * r  # x̂, centred first: exact where |mean| >> std
         g_mean, gx_mean = average(g), average(g * normalised)
-        zero = torch.zeros((), dtype=dtype, device=x.device)
-        c = zero if c is None else channel(c)
-        coef_g, coef_x, coef_1 = r * c, -r * c * gx_mean, -r * c * g_mean  # of d/dx: the c terms
+        c = torch.zeros((), dtype=dtype, device=x.device) if c is None else channel(c)
+        coef_g = r * c  # d/dx = coef_1 + coef_x·x̂ + coef_g·g (+ coef_a·a below), per channel
+        minus_rc = -coef_g
+        coef_x, coef_1 = minus_rc * gx_mean, minus_rc * g_mean  # the c terms
         d_g = c * normalised if ctx.needs_input_grad[0] else None
         d_weight = None
-        terms_a = None
+        minus_coef_a = None
         if a is not None:
             a = a.to(dtype)
             scale = channel(weight) * r
+            rs = r * scale
             a_mean, ax_mean = average(a), average(a * normalised)
             covariance = average((a - a_mean) * g)  # centred: no cancellation where |mean(a)| >> std(a)
-            coef_g = coef_g - r * scale * ax_mean
-            coef_x = coef_x + r * scale * (3 * gx_mean * ax_mean - covariance)
-            coef_1 = coef_1 + r * scale * (ax_mean * g_mean + gx_mean * a_mean)
-            terms_a = -r * scale * gx_mean
+            coef_g = torch.addcmul(coef_g, rs, ax_mean, value=-1)
+            coef_x = torch.addcmul(coef_x, rs, torch.addcmul(-covariance, gx_mean, ax_mean, value=3))
+            coef_1 = torch.addcmul(coef_1, rs, torch.addcmul(ax_mean * g_mean, gx_mean, a_mean))
+            minus_coef_a = rs * gx_mean
             if ctx.needs_input_grad[0]:
                 d_g = torch.addcmul(d_g - scale * ax_mean * normalised, a, scale) - scale * a_mean
             if ctx.needs_input_grad[2]:
-                d_weight = (r * count * (covariance - ax_mean * gx_mean)).flatten().to(weight.dtype)
+                d_weight = torch.addcmul(covariance, ax_mean, gx_mean, value=-1) * (r * count)
+                d_weight = d_weight.flatten().to(weight.dtype)
         if d_g is not None and b is not None:
             d_g = d_g + channel(b)
         d_x = None
         if ctx.needs_input_grad[1]:
             d_x = torch.addcmul(torch.addcmul(coef_1, normalised, coef_x), g, coef_g)
-            if terms_a is not None:
-                d_x = torch.addcmul(d_x, a, terms_a)
+            if minus_coef_a is not None:
+                d_x = torch.addcmul(d_x, a, minus_coef_a, value=-1)
             d_x = d_x.to(x.dtype)
         if d_g is not None:
             d_g = torch.broadcast_to(d_g, grad.shape).to(grad.dtype)

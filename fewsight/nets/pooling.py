@@ -31,11 +31,14 @@ class _PoolReLU(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple, outputs: tuple) -> None:
         ctx.save_for_backward(inputs[0], *outputs)
         ctx.mark_non_differentiable(outputs[1])
+        ctx.set_materialize_grads(False)  # no zero-filled int64 gradient for the indices: None instead
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor, _indices: torch.Tensor) -> tuple:
+    def backward(ctx: Any, grad: torch.Tensor | None, _indices: None) -> tuple:
+        if grad is None:
+            return (None,)
         x, output, indices = ctx.saved_tensors
-        grad = torch.ops.aten.threshold_backward(grad, output, 0)
+        grad = torch.ops.aten.threshold_backward(grad, output.detach(), 0)  # a mask: no derivative in it
         if torch.is_grad_enabled() and torch._C._are_functorch_transforms_active():
             return (_PoolBackward.apply(grad, x, indices),)
         return (_pool_backward(grad, x, indices),)  # plain autograd differentiates torch's kernel
@@ -85,8 +88,10 @@ class _PoolBackward(torch.autograd.Function):
 
 
 def _pool_backward(grad: torch.Tensor, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """The pool's input gradient: `grad` scattered to the argmax `indices`. x gives only the shape, so
+    it is detached: torch's double backward would otherwise fill a zero gradient of x's size for it."""
     return torch.ops.aten.max_pool2d_with_indices_backward(
-        grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
+        grad, x.detach(), [2, 2], [2, 2], [0, 0], [1, 1], False, indices
     )
 
 
