@@ -74,33 +74,14 @@ class TaskBatchNorm(nn.Module):
         return torch.addcmul(self.bias.view(shape), x - mean, scale)
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
-        """x normalised in consecutive groups of `group_size` samples, each with its own statistics:
-        the groups are folded into channels for one call of the fused kernel, as tasks are under vmap.
-        A channels-last x (pre-training on a GPU) is folded in its own layout (`_grouped_channels_last`)."""
-        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            return _grouped_channels_last(x, self.group_size, self.weight, self.bias, self.eps)
-        groups = x.unflatten(0, (-1, self.group_size))  # (G, group_size, C, ...)
-        output, _, _ = batch_norm_per_task(
-            len(groups), (0, None, None), groups, self.weight, self.bias, self.eps
-        )
-        return output.flatten(0, 1)
-
-
-def _grouped_channels_last(
-    x: torch.Tensor, size: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
-) -> torch.Tensor:
-    """`TaskBatchNorm._grouped` of a channels-last x (B, C, H, W), stored as (B, H, W, C): the groups
-    fold into channels stored as (size, H, W, G, C) and back, one copy each way, and the output is
-    channels-last too. Folding through the standard layout instead made each of those copies change
-    the layout, and cuDNN then converted every next convolution's input back (on the CPU that took
-    the groups' cost from about 1.3x to 1.8x; on an H200, pre-training with groups ran at about half
-    its speed without them: docs/BENCHMARKS.md)."""
-    stored = x.permute(0, 2, 3, 1).unflatten(0, (-1, size))  # (G, size, H, W, C): a view
-    groups = stored.shape[0]
-    folded = stored.permute(1, 2, 3, 0, 4).flatten(3).permute(0, 3, 1, 2)  # (size, G*C, H, W)
-    output = _BatchNorm.apply(folded, weight.repeat(groups), bias.repeat(groups), eps)[0]
-    unfolded = output.permute(0, 2, 3, 1).unflatten(3, (groups, -1)).permute(3, 0, 1, 2, 4)
-    return unfolded.flatten(0, 1).permute(0, 3, 1, 2)  # (G*size, C, H, W), channels-last
+        """x normalised in consecutive groups of `group_size` samples, each with its own statistics: each
+        group (a view of x) by its own call of the fused kernel, the outputs joined. That is one copy
+        forward and one backward, in x's own layout (channels-last in pre-training on a GPU), where
+        folding the groups into channels, as vmap folds tasks, took two each way (benchmarks/bn_groups.py)."""
+        if x.shape[0] % self.group_size:
+            raise RuntimeError(f"a batch of {x.shape[0]} does not split into groups of {self.group_size}")
+        groups = x.split(self.group_size)
+        return torch.cat([_BatchNorm.apply(group, self.weight, self.bias, self.eps)[0] for group in groups])
 
 
 @contextlib.contextmanager
