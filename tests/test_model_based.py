@@ -1,11 +1,13 @@
 """The model-based family: shapes, set invariance, batched = per-task, learning on real episodes."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fewsight
-from fewsight.nets import Conv4
+from fewsight.nets import Conv4, ResNet12
 from tests.conftest import SHARED_DATA, assert_meta_training_lowers_the_loss
 
 
@@ -262,3 +264,32 @@ def test_step_statistics_in_groups_of_tasks_normalise_each_group_as_one_batch(om
         status, _, err = run_cli([*flags, *wrong])
         assert_clear_error(status, err)
         assert "--step-statistics-tasks needs --step-statistics and must divide --meta-batch 4" in err
+
+
+@pytest.mark.parametrize("group", [0, 2])
+def test_step_statistics_in_channels_last_give_the_same_logits_and_gradient(omniglot_train, group):
+    """The stage's images go to the encoder channels-last (as pre-training's, for speed): a ResNet-12's
+    float64 logits and meta-gradient equal those in the standard layout, with all of a step's tasks as
+    one batch or in groups, and the layout reaches the encoder."""
+    sampler = fewsight.EpisodeSampler(omniglot_train, ways=5, shots=1, queries=2, dtype=torch.float64)
+    batch = sampler.sample(4, sampler.generator(1))
+    tint = torch.tensor([1.0, 0.5, 0.25]).view(3, 1, 1)  # three channels, as photos (one fits either layout)
+    batch = dataclasses.replace(batch, support_x=batch.support_x * tint, query_x=batch.query_x * tint)
+    torch.manual_seed(0)
+    encoder = ResNet12(None, width=0.125)
+    learner = fewsight.ProtoNet(encoder, metric="cosine", step_statistics=True, step_statistics_tasks=group)
+    learner.double().train()
+    layouts = []
+    learner.encoder.register_forward_pre_hook(
+        lambda _, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    results = {}
+    for channels_last in (False, True):
+        learner.channels_last = channels_last
+        logits = learner.query_logits(batch)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        results[channels_last] = (logits, torch.autograd.grad(loss, list(learner.parameters())))
+    assert layouts == [False] * (len(layouts) // 2) + [True] * (len(layouts) // 2)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-12, atol=1e-12)
+    for got, want in zip(results[True][1], results[False][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

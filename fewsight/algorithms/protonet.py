@@ -25,6 +25,7 @@ from fewsight.algorithms.predictor import Head, ParameterPredictor, class_means
 from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
 from fewsight.nets.batchnorm import normalised_in_groups
+from fewsight.nets.layout import for_convolution
 
 METRICS = ("euclidean", "cosine")
 INITIAL_TEMPERATURE = 10.0  # Meta-Baseline's: cosines in [-1, 1] alone give too flat a softmax
@@ -61,6 +62,7 @@ class ProtoNet(ParameterPredictor):
             )
         self.metric, self.joint_statistics, self.step_statistics = metric, joint_statistics, step_statistics
         self.step_statistics_tasks = step_statistics_tasks
+        self.channels_last = True  # the step's images' layout (fewsight.nets.layout); False: as they come
         if step_statistics_tasks and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules()
         ):
@@ -118,7 +120,8 @@ class ProtoNet(ParameterPredictor):
         )
         grouped = normalised_in_groups(self.encoder, by_group.shape[1]) if group < tasks else nullcontext()
         with grouped:
-            features = self.embed(by_group.flatten(0, 1)).unflatten(0, (tasks // group, -1))
+            images = for_convolution(by_group.flatten(0, 1), self.channels_last)  # as pre-training's
+            features = self.embed(images).unflatten(0, (tasks // group, -1))
         support = features[:, : group * support_size].reshape(tasks, support_size, -1)
         queries = features[:, group * support_size :].reshape(tasks, query_size, -1)
         ways = batch.ways

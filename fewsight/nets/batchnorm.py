@@ -76,8 +76,9 @@ class TaskBatchNorm(nn.Module):
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
         """x normalised in consecutive groups of `group_size` samples, each with its own statistics: each
         group (a view of x) by its own call of the fused kernel, the outputs joined. That is one copy
-        forward and one backward, in x's own layout (channels-last in pre-training on a GPU), where
-        folding the groups into channels, as vmap folds tasks, took two each way (benchmarks/bn_groups.py)."""
+        forward and one backward, in x's own layout (channels-last in pre-training and Meta-Baseline's
+        stage), where folding the groups into channels, as vmap folds tasks, took two each way
+        (benchmarks/bn_groups.py)."""
         if x.shape[0] % self.group_size:
             raise RuntimeError(f"a batch of {x.shape[0]} does not split into groups of {self.group_size}")
         groups = x.split(self.group_size)

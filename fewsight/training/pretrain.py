@@ -2,7 +2,7 @@
 training classes (64 for miniImageNet), the recipe behind Baseline++, RFS and Meta-Baseline.
 
 SGD with momentum 0.9 and weight decay, a cosine learning-rate schedule (or Meta-Baseline's tenfold
-drop at one epoch), optional augmentation on the device, bf16 autocast and channels-last on GPUs.
+drop at one epoch), optional augmentation on the device, bf16 autocast and channels-last images.
 The run folder is also a ProtoNet run: its config.json is a RunConfig (algorithm protonet) with the
 pre-training settings under "pretrain", and its checkpoint's "learner" holds the ProtoNet's weights,
 that is, the backbone. So `fewsight eval RUN`
@@ -26,6 +26,7 @@ from fewsight.data import EpisodeSampler
 from fewsight.data.augment import Augment, augment
 from fewsight.errors import FewsightError
 from fewsight.nets.batchnorm import normalised_in_groups
+from fewsight.nets.layout import for_convolution
 from fewsight.run.build import assign_classes, build_learner, load_split
 from fewsight.run.config import RunConfig
 from fewsight.run.files import CONFIG, write_json
@@ -205,9 +206,7 @@ def pretrain(
     learner = build_learner(run).to(device)  # a ProtoNet: its encoder is the backbone
     backbone = learner.encoder
     head = nn.Linear(backbone.feature_size, data.num_classes).to(device)
-    channels_last = device.type == "cuda"  # faster convolutions on GPUs (tensor cores), slower on CPUs
-    if channels_last:
-        learner.to(memory_format=torch.channels_last)
+    learner.to(memory_format=torch.channels_last)  # as its images (fewsight.nets.layout)
     parameters = [*learner.parameters(), *head.parameters()]
     optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=MOMENTUM, weight_decay=config.weight_decay)
     shuffler = torch.Generator().manual_seed(config.seed)  # the order of each epoch (CPU)
@@ -239,8 +238,7 @@ def pretrain(
         x, y = images[chosen].float() / 255, labels[chosen]
         if config.augment:
             x = augment(x, generator, settings, run.image_size)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = for_convolution(x)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(number)
         if hasattr(backbone, "set_drop_rate"):
