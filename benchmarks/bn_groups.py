@@ -10,12 +10,18 @@ two commits, run it in a checkout of each)
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks.passes` and fewsight importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import passes
 from fewsight.nets.batchnorm import normalised_in_groups
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
@@ -23,18 +29,12 @@ from fewsight.run.config import RunConfig
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=float, default=0.5)
+    passes.add_arguments(parser, width=0.5, rounds=5)
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--size", type=int, default=80)
     parser.add_argument("--group", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="under bf16 autocast, as pre-training's --bf16")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = passes.start(args)
     config = RunConfig(
         dataset="miniimagenet", algorithm="protonet", backbone="resnet12-512", width=args.width
     )
@@ -59,15 +59,9 @@ def main() -> None:
         for name, layout in (("standard", torch.contiguous_format), ("channels-last", torch.channels_last))
         for group in (0, args.group)
     ]
-    times = {case: [] for case in cases}
-    for case in cases:  # warm-up
-        one_pass(*case[1:])
-    for _ in range(args.rounds):  # alternating, so that every case sees the same load
-        for case in cases:
-            times[case].append(one_pass(*case[1:]))
+    medians = passes.median_times({case: partial(one_pass, *case[1:]) for case in cases}, args.rounds)
     for name, layout, group in cases:
-        median = statistics.median(times[name, layout, group])
-        base = statistics.median(times[name, layout, 0])
+        median, base = medians[name, layout, group], medians[name, layout, 0]
         label = f"groups of {group}" if group else "no groups"
         print(f"{name:13} {label:12} {median * 1000:9.1f} ms  {median / base:.2f}x")
 

@@ -5,20 +5,25 @@ standard layout (as the stage ran before it took channels-last) and channels-las
 pre-training step (128 images, batch norm over groups of 32) in either layout. Random images; prints
 each pass's median time and images per second.
 
-Usage: python benchmarks/stage_step.py [--device cuda] [--width 1] [--size 80] [--rounds 10]
+Usage: python benchmarks/stage_step.py [--device cpu] [--width 1] [--size 80] [--rounds 10]
 [--threads 2] [--no-bf16]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks.passes` and fewsight importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import passes
 from fewsight.data.episodes import TaskBatch
 from fewsight.nets.layout import for_convolution
 from fewsight.run.build import build_learner
@@ -31,16 +36,10 @@ PRETRAIN_BATCH, PRETRAIN_GROUP, CLASSES = 128, 32, 64
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--width", type=float, default=1.0, help="of the ResNet-12 (1: 64-128-256-512)")
-    parser.add_argument("--size", type=int, default=80)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
+    passes.add_arguments(parser, width=1.0, rounds=10)
     parser.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = passes.start(args)
     config = RunConfig(
         dataset="miniimagenet",
         algorithm="protonet",
@@ -92,15 +91,11 @@ def main() -> None:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for loss_of, _ in cases.values():  # warm-up (cuDNN's kernel choice, lazy initialisation)
-        one_pass(loss_of)
-    for _ in range(args.rounds):  # alternating, so that every case sees the same load
-        for name, (loss_of, _) in cases.items():
-            times[name].append(one_pass(loss_of))
+    timed = {name: partial(one_pass, loss_of) for name, (loss_of, _) in cases.items()}
+    medians = passes.median_times(timed, args.rounds)
     print(f"{device}, width {args.width}, {args.size} px, {'float32' if args.no_bf16 else 'bf16'}:")
     for name, (_, count) in cases.items():
-        median = statistics.median(times[name])
+        median = medians[name]
         print(f"  {name:28} {median * 1000:8.1f} ms  {count / median:8.0f} images/s")
 
 
