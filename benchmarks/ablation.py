@@ -9,7 +9,7 @@ channel), each variant
 that changes the arithmetic checked against the float64 per-task reference; then the step's kernel
 profile, with the kernels' full names.
 An experiment behind docs/BENCHMARKS.md, for a GPU: python benchmarks/ablation.py [--variants NAME ...]
-[--no-profile]
+[--cases omniglot miniimagenet resnet12] [--no-profile]
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ from run import profile  # benchmarks/run.py, beside this file
 from fewsight.nets import conv, conv4
 from fewsight.training import bench
 
-CASES = [bench.Case("omniglot", "maml", 5, 1, 32), bench.Case("miniimagenet", "maml", 5, 1, 4)]
+CASES = {
+    "omniglot": bench.Case("omniglot", "maml", 5, 1, 32),
+    "miniimagenet": bench.Case("miniimagenet", "maml", 5, 1, 4),
+    "resnet12": bench.Case("miniimagenet", "maml", 5, 1, 4, backbone="resnet12"),
+}
+CONV4_ONLY = ("torch conv", "unfold", "first conv")  # variants that change Conv4's blocks alone
 VARIANTS = [
     "current",
     "torch conv, written-out batch norm",
@@ -136,19 +141,30 @@ def main() -> None:
         metavar="NAME",
         help="only these (quoted), of: " + "; ".join(VARIANTS) + " (default: all)",
     )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=list(CASES),
+        default=["omniglot", "miniimagenet"],
+        help="MAML steps to time and profile (default: the two Conv4 ones; resnet12: miniImageNet's "
+        "ResNet-12, under the variants that do not change Conv4's blocks alone)",
+    )
     parser.add_argument("--no-profile", action="store_true", help="leave out the kernel profiles at the end")
     args = parser.parse_args()
     device = torch.device("cuda")
-    for case in CASES:
+    cases = [CASES[name] for name in args.cases]
+    for case in cases:
         for name in args.variants:
+            if case.backbone != "conv4" and name.startswith(CONV4_ONLY):
+                continue
             with variant(name):
                 ms = replay_ms(case, device, bf16=name == "bf16", channels_last=name == "channels_last")
                 error = None
-                changed = name.startswith(("unfold", "torch conv", "first conv")) or name == "current"
+                changed = name.startswith(CONV4_ONLY) or name == "current"
                 if changed:  # other arithmetic: checked against the float64 reference
                     error = bench.gradient_error(case, bench.graphed_implementation(), device)
             print(f"{case.name} | {name} | {ms:.1f} ms | gradient error {error}", flush=True)
-    for case in [] if args.no_profile else CASES:
+    for case in [] if args.no_profile else cases:
         print(profile(device, case, top=20, width=160))
 
 
