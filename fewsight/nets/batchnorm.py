@@ -212,11 +212,12 @@ class _BatchNormBackward(torch.autograd.Function):
         g = grad.to(dtype)
         normalised = (x.to(dtype) - channel(mean)) * r  # x̂, centred first: exact where |mean| >> std
         g_mean, gx_mean = average(g), average(g * normalised)
-        c = torch.zeros((), dtype=dtype, device=x.device) if c is None else channel(c)
+        zero = torch.zeros((), dtype=dtype, device=x.device) if c is None or b is None else None
+        c = zero if c is None else channel(c)
         coef_g = r * c  # d/dx = coef_1 + coef_x·x̂ + coef_g·g (+ coef_a·a below), per channel
         minus_rc = -coef_g
         coef_x, coef_1 = minus_rc * gx_mean, minus_rc * g_mean  # the c terms
-        d_g = c * normalised if ctx.needs_input_grad[0] else None
+        g_coef_x, g_coef_1 = c, zero if b is None else channel(b)  # d/dg = g_coef_1 + g_coef_x·x̂ (+ scale·a)
         d_weight = None
         minus_coef_a = None
         if a is not None:
@@ -229,13 +230,16 @@ class _BatchNormBackward(torch.autograd.Function):
             coef_x = torch.addcmul(coef_x, rs, torch.addcmul(-covariance, gx_mean, ax_mean, value=3))
             coef_1 = torch.addcmul(coef_1, rs, torch.addcmul(ax_mean * g_mean, gx_mean, a_mean))
             minus_coef_a = rs * gx_mean
-            if ctx.needs_input_grad[0]:
-                d_g = torch.addcmul(d_g - scale * ax_mean * normalised, a, scale) - scale * a_mean
+            g_coef_x = torch.addcmul(g_coef_x, scale, ax_mean, value=-1)
+            g_coef_1 = torch.addcmul(g_coef_1, scale, a_mean, value=-1)
             if ctx.needs_input_grad[2]:
                 d_weight = torch.addcmul(covariance, ax_mean, gx_mean, value=-1) * (r * count)
                 d_weight = d_weight.flatten().to(weight.dtype)
-        if d_g is not None and b is not None:
-            d_g = d_g + channel(b)
+        d_g = None
+        if ctx.needs_input_grad[0]:  # two passes over the activations: one per term that is not constant
+            d_g = torch.addcmul(g_coef_1, normalised, g_coef_x)
+            if a is not None:
+                d_g = torch.addcmul(d_g, a, scale)
         d_x = None
         if ctx.needs_input_grad[1]:
             d_x = torch.addcmul(torch.addcmul(coef_1, normalised, coef_x), g, coef_g)
