@@ -11,6 +11,7 @@ import torch
 
 from fewsight.data.decode import decode_image
 from fewsight.errors import FewsightError
+from fewsight.nets.layout import for_convolution
 from fewsight.run.build import channels
 from fewsight.run.config import RunConfig
 from fewsight.use.export import load_exported
@@ -39,11 +40,12 @@ def load_images(paths: list[Path], config: RunConfig) -> torch.Tensor:
 
 def model_input(images: torch.Tensor, config: RunConfig) -> torch.Tensor:
     """Decoded uint8 images (B, C, size, size) as the model expects them: floats in [0, 1], in the
-    data set's form. Omniglot models see bright strokes on a dark background, so pen on paper is inverted.
+    data set's form, channels-last (the layout its convolutions run fastest in: fewsight.nets.layout).
+    Omniglot models see bright strokes on a dark background, so pen on paper is inverted.
     """
     if config.dataset == "omniglot":
         images = 255 - images
-    return images.to(torch.get_default_dtype()) / 255
+    return for_convolution(images.to(torch.get_default_dtype()) / 255)
 
 
 def read_support(
