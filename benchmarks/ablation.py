@@ -5,7 +5,7 @@ instead of cuDNN's grouped kernels), of
 precision (TF32 off, bf16 autocast), of memory layout (channels-last) and of the first Omniglot
 convolution (its one input channel left alone, so that the tasks' grouped convolution is a depthwise
 one, which torch runs with its own kernels instead of cuDNN's; the default widens it with a zero
-channel), each variant
+channel) and of the tasks' folded activations (the standard layout instead of channels-last), each variant
 that changes the arithmetic checked against the float64 per-task reference; then the step's kernel
 profile, with the kernels' full names.
 An experiment behind docs/BENCHMARKS.md, for a GPU: python benchmarks/ablation.py [--variants NAME ...]
@@ -46,6 +46,7 @@ VARIANTS = [
     "bf16",
     "channels_last",
     "first conv depthwise",
+    "tasks folded in the standard layout",
 ]
 
 
@@ -77,6 +78,10 @@ def torch_layers_block(self, x, context_size=None, film=None):
 
 
 ORIGINAL_CONV_PER_TASK = conv.conv_per_task
+OLD_PATHS = {  # variants that take conv_per_task's earlier path: its settings
+    "first conv depthwise": {"widen": False},
+    "tasks folded in the standard layout": {"channels_last": False},
+}
 
 
 @contextlib.contextmanager
@@ -93,8 +98,9 @@ def variant(name: str) -> Iterator[None]:
             conv4.ConvBlock.forward = block_with_unfold(first_only=name == "unfold first conv")
         if name.startswith("torch conv"):
             conv4.ConvBlock.forward = torch_layers_block
-        if name == "first conv depthwise":  # both callers: the conv's own vmap rule and a block's
-            conv.conv_per_task = conv4.conv_per_task = functools.partial(ORIGINAL_CONV_PER_TASK, widen=False)
+        if name in OLD_PATHS:  # both callers: the conv's own vmap rule and a block's
+            old_path = functools.partial(ORIGINAL_CONV_PER_TASK, **OLD_PATHS[name])
+            conv.conv_per_task = conv4.conv_per_task = old_path
         yield
     finally:
         conv4.ConvBlock.forward = original
@@ -160,7 +166,7 @@ def main() -> None:
             with variant(name):
                 ms = replay_ms(case, device, bf16=name == "bf16", channels_last=name == "channels_last")
                 error = None
-                changed = name.startswith(CONV4_ONLY) or name == "current"
+                changed = name.startswith(CONV4_ONLY) or name == "current" or name in OLD_PATHS
                 if changed:  # other arithmetic: checked against the float64 reference
                     error = bench.gradient_error(case, bench.graphed_implementation(), device)
             print(f"{case.name} | {name} | {ms:.1f} ms | gradient error {error}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fewsight.cli import main
@@ -16,18 +17,22 @@ def test_vmap_and_loop_give_the_reference_meta_gradient() -> None:
             assert bench.gradient_error(TINY, implementation, torch.device("cpu")) < 1e-10, name
 
 
-def test_the_widened_first_convolution_gives_the_reference_meta_gradient(monkeypatch) -> None:
-    """What a GPU runs on Omniglot's one-channel images (a zero channel beside them, so that cuDNN
-    takes the tasks' first convolution), forced on the CPU: the float64 meta-gradient is the per-task
-    reference's."""
+@pytest.mark.parametrize(
+    ("dataset", "backbone"), [("omniglot", "conv4"), ("miniimagenet", "conv4"), ("miniimagenet", "resnet12")]
+)
+def test_what_a_gpu_runs_gives_the_reference_meta_gradient(monkeypatch, dataset: str, backbone: str) -> None:
+    """What a GPU runs, forced on the CPU: a zero channel beside Omniglot's one-channel images (so
+    that cuDNN takes the tasks' first convolution) and the tasks folded channels-last. The float64
+    meta-gradient is the per-task reference's, on Conv4 and ResNet-12."""
     from functools import partial
 
     from fewsight.nets import conv, conv4
 
-    widened = partial(conv.conv_per_task, widen=True)
-    monkeypatch.setattr(conv, "conv_per_task", widened)
-    monkeypatch.setattr(conv4, "conv_per_task", widened)
-    case = bench.Case("omniglot", "maml", ways=3, shots=1, meta_batch=2, inner_steps=2, queries=2)
+    as_on_a_gpu = partial(conv.conv_per_task, widen=True, channels_last=True)
+    monkeypatch.setattr(conv, "conv_per_task", as_on_a_gpu)
+    monkeypatch.setattr(conv4, "conv_per_task", as_on_a_gpu)
+    narrow = (("width", 0.125),) if backbone == "resnet12" else ()  # 8-20-40-80 channels: a fast test
+    case = bench.Case(dataset, "maml", 3, 1, 2, inner_steps=2, queries=2, backbone=backbone, options=narrow)
     vmapped = bench.fewsight_implementation(per_task=False)
     assert bench.gradient_error(case, vmapped, torch.device("cpu")) < 1e-10
 

@@ -134,6 +134,26 @@ def test_a_zero_channel_beside_one_input_channel_changes_nothing_to_second_order
     assert conv_per_task(3, (0, 0, 0), x, weight, bias, 1, widen=True).shape == (3, 4, 5, 6, 6)
 
 
+def test_tasks_folded_channels_last_change_nothing_to_second_order():
+    """The tasks' convolution with its input folded channels-last, as a GPU runs it: in float64 the
+    output, the weight gradient and the derivatives of both equal the standard layout's, and the
+    output's memory is channels-last (so that the layers after it stay so)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 2, 6, 6, dtype=torch.float64)  # tasks, images, channels
+    weight = torch.randn(3, 5, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+
+    def derivatives(channels_last: bool) -> tuple[torch.Tensor, ...]:
+        y = conv_per_task(3, (0, 0, 0), x, weight, bias, 1, channels_last=channels_last)
+        (gradient,) = torch.autograd.grad(y.sin().sum(), weight, create_graph=True)
+        return y, gradient, *torch.autograd.grad(gradient.pow(2).sum() + y.pow(3).sum(), [weight, bias])
+
+    for last, standard in zip(derivatives(True), derivatives(False), strict=True):
+        torch.testing.assert_close(last, standard, rtol=1e-12, atol=1e-12)
+    folded = conv_per_task(3, (0, 0, 0), x, weight, bias, 1, channels_last=True).transpose(0, 1)
+    assert folded.flatten(1, 2).is_contiguous(memory_format=torch.channels_last)
+
+
 def test_a_second_order_meta_step_fills_no_zero_gradients():
     """The layers' backward passes make no zero-filled tensor the size of an activation (gradients of
     the pool's indices, of batch norm's statistics, of a pool's or ReLU's mask): on a GPU each is a

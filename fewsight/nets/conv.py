@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewsight.nets.folding import fold_channels, tasks_first, unfold_channels
+from fewsight.nets.folding import fold_channels, fold_channels_last, tasks_first, unfold_channels
 
 
 def _padding(weight: torch.Tensor) -> list[int]:
@@ -114,11 +114,15 @@ def conv_per_task(
     bias: torch.Tensor | None,
     groups: int,
     widen: bool | None = None,
+    channels_last: bool | None = None,
 ) -> torch.Tensor:
     """`same_conv2d` of every task at once, the vmap rule's work: x, weight and bias with their task
     dimension at `in_dims` (None: shared by all tasks), the output (T, B, C, H, W). Per-task weights
     make the tasks groups of one convolution (as torch's own batching rule does); shared weights make
-    them one batch. `widen` (by default on a GPU): see `_with_zero_channel`."""
+    them one batch. `widen` (by default on a GPU): see `_with_zero_channel`. `channels_last` (by
+    default on a GPU): the tasks folded into channels in channels-last memory, the layout of cuDNN's
+    kernels (given the standard layout, cuDNN's conversions to it and back took 19% of the ResNet-12
+    MAML step on an H100: docs/BENCHMARKS.md); batch norm and the pool keep it."""
     x = tasks_first(x, in_dims[0], tasks)
     if in_dims[1] is None and in_dims[2] is None:
         output = _SameConv.apply(x.flatten(0, 1), weight, bias, groups)
@@ -128,7 +132,8 @@ def conv_per_task(
         x, weight = _with_zero_channel(x, weight)
     weight = weight.flatten(0, 1)
     bias = None if bias is None else tasks_first(bias, in_dims[2], tasks).flatten()
-    return unfold_channels(_SameConv.apply(fold_channels(x), weight, bias, groups * tasks), tasks)
+    fold = fold_channels_last if (x.is_cuda if channels_last is None else channels_last) else fold_channels
+    return unfold_channels(_SameConv.apply(fold(x), weight, bias, groups * tasks), tasks)
 
 
 def _with_zero_channel(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

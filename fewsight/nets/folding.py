@@ -19,3 +19,10 @@ def fold_channels(x: torch.Tensor) -> torch.Tensor:
 def unfold_channels(x: torch.Tensor, tasks: int) -> torch.Tensor:
     """(N, T*C, ...) -> (T, N, C, ...)."""
     return x.view(x.shape[0], tasks, -1, *x.shape[2:]).transpose(0, 1)
+
+
+def fold_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(T, N, C, H, W) -> (N, T*C, H, W) channels-last: one copy, or none where x is an unfolded view of
+    such a tensor (the output of a convolution, batch norm or pool that got one)."""
+    tasks, images, channels, height, width = x.shape
+    return x.permute(1, 3, 4, 0, 2).reshape(images, height, width, tasks * channels).permute(0, 3, 1, 2)
