@@ -115,43 +115,28 @@ def test_same_conv_under_vmap_keeps_second_derivatives():
     torch.testing.assert_close(vmapped_grad, looped_grad, rtol=1e-10, atol=1e-10)
 
 
-def test_a_zero_channel_beside_one_input_channel_changes_nothing_to_second_order():
-    """Per-task weights on one-channel images (Omniglot's first layer) widened with a zero channel, as
-    a GPU runs them so that cuDNN takes the convolution: in float64 the output, the weight gradient and
-    the derivatives of both equal the plain grouped convolution's."""
+@pytest.mark.parametrize(("option", "channels"), [("widen", 1), ("channels_last", 2)])
+def test_the_gpu_paths_of_the_tasks_convolution_change_nothing_to_second_order(option: str, channels: int):
+    """What a GPU runs for the tasks' convolution with per-task weights: one-channel images (Omniglot's
+    first layer) widened with a zero channel, so that cuDNN takes them (`widen`), and the tasks folded
+    into channels-last memory (`channels_last`). In float64 the output, the weight gradient and the
+    derivatives of both equal the plain path's; the channels-last output stays channels-last."""
     torch.manual_seed(0)
-    x = torch.randn(3, 4, 1, 6, 6, dtype=torch.float64)  # tasks, images, one channel
-    weight = torch.randn(3, 5, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 4, channels, 6, 6, dtype=torch.float64)  # tasks, images, channels
+    weight = torch.randn(3, 5, channels, 3, 3, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
 
-    def derivatives(widen: bool) -> tuple[torch.Tensor, ...]:
-        y = conv_per_task(3, (0, 0, 0), x, weight, bias, 1, widen=widen)
+    def derivatives(gpu_path: bool) -> tuple[torch.Tensor, ...]:
+        y = conv_per_task(3, (0, 0, 0), x, weight, bias, 1, **{option: gpu_path})
         (gradient,) = torch.autograd.grad(y.sin().sum(), weight, create_graph=True)
         return y, gradient, *torch.autograd.grad(gradient.pow(2).sum() + y.pow(3).sum(), [weight, bias])
 
-    for wide, plain in zip(derivatives(True), derivatives(False), strict=True):
-        torch.testing.assert_close(wide, plain, rtol=1e-12, atol=1e-12)
-    assert conv_per_task(3, (0, 0, 0), x, weight, bias, 1, widen=True).shape == (3, 4, 5, 6, 6)
-
-
-def test_tasks_folded_channels_last_change_nothing_to_second_order():
-    """The tasks' convolution with its input folded channels-last, as a GPU runs it: in float64 the
-    output, the weight gradient and the derivatives of both equal the standard layout's, and the
-    output's memory is channels-last (so that the layers after it stay so)."""
-    torch.manual_seed(0)
-    x = torch.randn(3, 4, 2, 6, 6, dtype=torch.float64)  # tasks, images, channels
-    weight = torch.randn(3, 5, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-
-    def derivatives(channels_last: bool) -> tuple[torch.Tensor, ...]:
-        y = conv_per_task(3, (0, 0, 0), x, weight, bias, 1, channels_last=channels_last)
-        (gradient,) = torch.autograd.grad(y.sin().sum(), weight, create_graph=True)
-        return y, gradient, *torch.autograd.grad(gradient.pow(2).sum() + y.pow(3).sum(), [weight, bias])
-
-    for last, standard in zip(derivatives(True), derivatives(False), strict=True):
-        torch.testing.assert_close(last, standard, rtol=1e-12, atol=1e-12)
-    folded = conv_per_task(3, (0, 0, 0), x, weight, bias, 1, channels_last=True).transpose(0, 1)
-    assert folded.flatten(1, 2).is_contiguous(memory_format=torch.channels_last)
+    for gpu, plain in zip(derivatives(True), derivatives(False), strict=True):
+        torch.testing.assert_close(gpu, plain, rtol=1e-12, atol=1e-12)
+    y = conv_per_task(3, (0, 0, 0), x, weight, bias, 1, **{option: True})
+    assert y.shape == (3, 4, 5, 6, 6)
+    folded = y.transpose(0, 1).flatten(1, 2)  # (images, tasks x channels, ...), as the next layer folds it
+    assert folded.is_contiguous(memory_format=torch.channels_last) == (option == "channels_last")
 
 
 def test_a_second_order_meta_step_fills_no_zero_gradients():
