@@ -4,7 +4,8 @@ a batch of random images without groups and with them, in the standard and the c
 
 Usage: python benchmarks/bn_groups.py [--width 0.5] [--images 64] [--size 80] [--group 16]
 [--rounds 5] [--device cpu] [--threads 2] [--bf16] (bf16 autocast, as pre-training's --bf16; for an A/B of
-two commits, run it in a checkout of each)
+two commits, run it in a checkout of each) [--profile] (on a GPU: then the kernels of the channels-last
+passes with and without groups)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.passes` and f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import passes
+from benchmarks.run import kernel_table
 from fewsight.nets.batchnorm import normalised_in_groups
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--bf16", action="store_true", help="under bf16 autocast, as pre-training's --bf16")
+    parser.add_argument("--profile", action="store_true", help="then the channels-last passes' kernels")
     args = parser.parse_args()
     device = passes.start(args)
     config = RunConfig(
@@ -64,6 +67,10 @@ def main() -> None:
         median, base = medians[name, layout, group], medians[name, layout, 0]
         label = f"groups of {group}" if group else "no groups"
         print(f"{name:13} {label:12} {median * 1000:9.1f} ms  {median / base:.2f}x")
+    if args.profile:
+        for group in (0, args.group):
+            label = f"the channels-last pass, {f'groups of {group}' if group else 'no groups'}"
+            print(kernel_table(partial(one_pass, torch.channels_last, group), label, per="pass"))
 
 
 if __name__ == "__main__":

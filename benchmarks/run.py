@@ -41,35 +41,44 @@ def peer_implementations() -> Callable[[bench.Case], dict[str, bench.Implementat
     return lambda case: peers.implementations(case) if case.backbone == "conv4" and not case.options else {}
 
 
+def kernel_table(
+    step: Callable[[], object], label: str, per: str = "step", steps: int = 5, top: int = 12, width: int = 70
+) -> str:
+    """A table of the CUDA kernels where `step` spends its GPU time, per call (names cut to `width`),
+    after three calls of warm-up; `label` names what is profiled and `per` a call of it."""
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
+    total = sum(e.device_time_total for e in events)
+    kernels = sum(e.count for e in events) // steps
+    lines = [
+        f"Profile of {label}: {kernels} kernel launches and {total / steps / 1000:.1f} ms of GPU time "
+        f"per {per}.",
+        "",
+        f"| kernel | share of GPU time | calls per {per} |",
+        "|---|---|---|",
+    ]
+    for event in sorted(events, key=lambda e: -e.device_time_total)[:top]:
+        name = event.key if len(event.key) < width else event.key[: width - 3] + "..."
+        lines.append(f"| `{name}` | {100 * event.device_time_total / total:.1f}% | {event.count // steps} |")
+    return "\n".join(lines) + "\n"
+
+
 def profile(device: torch.device, case: bench.Case, top: int = 12, width: int = 70) -> str:
-    """A table of the CUDA kernels where one vmapped meta-step spends its time (names cut to `width`)."""
+    """`kernel_table` of one vmapped meta-step of the case."""
     torch.manual_seed(0)
     learner = bench.build_learner(case.config()).to(device)
     step = bench.fewsight_implementation(per_task=False)(
         learner, bench.meta_batch(case, case.meta_batch, device, torch.float32)
     )
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize(device)
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(5):
-            step()
-        torch.cuda.synchronize(device)
-    events = [e for e in prof.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
-    total = sum(e.device_time_total for e in events)
-    kernels = sum(e.count for e in events) // 5
-    lines = [
-        f"Profile of {case.name}, {case.algorithm}, fewsight vmap: {kernels} kernel launches and "
-        f"{total / 5 / 1000:.1f} ms of GPU time per meta-step.",
-        "",
-        "| kernel | share of GPU time | calls per step |",
-        "|---|---|---|",
-    ]
-    for event in sorted(events, key=lambda e: -e.device_time_total)[:top]:
-        name = event.key if len(event.key) < width else event.key[: width - 3] + "..."
-        lines.append(f"| `{name}` | {100 * event.device_time_total / total:.1f}% | {event.count // 5} |")
-    return "\n".join(lines) + "\n"
+    label = f"{case.name}, {case.algorithm}, fewsight vmap"
+    return kernel_table(step, label, per="meta-step", top=top, width=width)
 
 
 def main() -> None:
