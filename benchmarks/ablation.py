@@ -5,7 +5,8 @@ instead of cuDNN's grouped kernels), of
 precision (TF32 off, bf16 autocast), of memory layout (channels-last) and of the first Omniglot
 convolution (its one input channel left alone, so that the tasks' grouped convolution is a depthwise
 one, which torch runs with its own kernels instead of cuDNN's; the default widens it with a zero
-channel) and of the tasks' folded activations (the standard layout instead of channels-last), each variant
+channel), of the tasks' folded activations (the standard layout instead of channels-last) and of
+ResNet-12's pool (torch's batching rule instead of the folded pool), each variant
 that changes the arithmetic checked against the float64 per-task reference; then the step's kernel
 profile, with the kernels' full names.
 An experiment behind docs/BENCHMARKS.md, for a GPU: python benchmarks/ablation.py [--variants NAME ...]
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from run import profile  # benchmarks/run.py, beside this file
 
-from fewsight.nets import conv, conv4
+from fewsight.nets import conv, conv4, resnet12
 from fewsight.training import bench
 
 CASES = {
@@ -34,6 +35,7 @@ CASES = {
     "resnet12": bench.Case("miniimagenet", "maml", 5, 1, 4, backbone="resnet12"),
 }
 CONV4_ONLY = ("torch conv", "unfold", "first conv")  # variants that change Conv4's blocks alone
+RESNET12_ONLY = ("resnet12",)  # variants that change ResNet-12's blocks alone
 VARIANTS = [
     "current",
     "torch conv, written-out batch norm",
@@ -47,6 +49,7 @@ VARIANTS = [
     "channels_last",
     "first conv depthwise",
     "tasks folded in the standard layout",
+    "resnet12 pool by vmap's rule",
 ]
 
 
@@ -70,6 +73,12 @@ def block_with_unfold(first_only: bool):
     return forward
 
 
+def vmap_rule_pool(x: torch.Tensor, negative_slope: float) -> torch.Tensor:
+    """ResNet-12's block ending before the folded pool: torch's functions, under vmap torch's batching
+    rule for max-pool (tasks and images flattened into one batch: a copy in the standard layout)."""
+    return F.max_pool2d(F.leaky_relu(x, negative_slope), 2)
+
+
 def torch_layers_block(self, x, context_size=None, film=None):
     """ConvBlock.forward as before commit 1caaec7: F.conv2d and the written-out batch norm (the form
     that `context_size` takes; the whole batch as the context gives the same statistics)."""
@@ -86,7 +95,7 @@ OLD_PATHS = {  # variants that take conv_per_task's earlier path: its settings
 
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
-    original = conv4.ConvBlock.forward
+    original, original_pool = conv4.ConvBlock.forward, resnet12.leaky_relu_pool
     saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32
     precision = torch.get_float32_matmul_precision()
     try:
@@ -101,9 +110,11 @@ def variant(name: str) -> Iterator[None]:
         if name in OLD_PATHS:  # both callers: the conv's own vmap rule and a block's
             old_path = functools.partial(ORIGINAL_CONV_PER_TASK, **OLD_PATHS[name])
             conv.conv_per_task = conv4.conv_per_task = old_path
+        if name == "resnet12 pool by vmap's rule":
+            resnet12.leaky_relu_pool = vmap_rule_pool
         yield
     finally:
-        conv4.ConvBlock.forward = original
+        conv4.ConvBlock.forward, resnet12.leaky_relu_pool = original, original_pool
         conv.conv_per_task = conv4.conv_per_task = ORIGINAL_CONV_PER_TASK
         torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = saved
         torch.set_float32_matmul_precision(precision)
@@ -163,10 +174,13 @@ def main() -> None:
         for name in args.variants:
             if case.backbone != "conv4" and name.startswith(CONV4_ONLY):
                 continue
+            if case.backbone != "resnet12" and name.startswith(RESNET12_ONLY):
+                continue
             with variant(name):
                 ms = replay_ms(case, device, bf16=name == "bf16", channels_last=name == "channels_last")
                 error = None
-                changed = name.startswith(CONV4_ONLY) or name == "current" or name in OLD_PATHS
+                own_blocks = name.startswith(CONV4_ONLY + RESNET12_ONLY)
+                changed = own_blocks or name == "current" or name in OLD_PATHS
                 if changed:  # other arithmetic: checked against the float64 reference
                     error = bench.gradient_error(case, bench.graphed_implementation(), device)
             print(f"{case.name} | {name} | {ms:.1f} ms | gradient error {error}", flush=True)

@@ -7,7 +7,7 @@ on a shared machine a paired ratio is steadier than two runs' times. MAML on Omn
 step of each and the median of the paired ratios.
 
 Usage: python benchmarks/cpu_ab.py OLD_CHECKOUT NEW_CHECKOUT [--tasks 2] [--width 0.0625]
-[--task-chunk 0] [--rounds 21] [--algorithm maml] [--dataset omniglot] [--inner-steps 5]
+[--task-chunk 0] [--rounds 21] [--algorithm maml] [--dataset omniglot] [--backbone conv4] [--inner-steps 5]
 [--queries 15] [--threads 1] [--meta-step N] [--set KEY=VALUE ...] (other RunConfig settings, e.g. --set
 inner_optimizer=adam; a VALUE that reads as JSON is taken as such) [--device cpu] (on a GPU each
 step is timed to its end, synchronised). A checkout is a directory holding `fewsight/` (for an old
@@ -46,7 +46,7 @@ def load_step(checkout: str, args: argparse.Namespace) -> Callable[[], None]:
         + tuple(setting(text) for text in args.set)
     )
     case = bench.Case(
-        args.dataset, args.algorithm, 5, 1, args.tasks, args.inner_steps, args.queries, options=options
+        args.dataset, args.algorithm, 5, 1, args.tasks, args.inner_steps, args.queries, args.backbone, options
     )
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--algorithm", default="maml")
     parser.add_argument("--dataset", default="omniglot", choices=["omniglot", "miniimagenet"])
+    parser.add_argument("--backbone", default="conv4", choices=["conv4", "resnet12"])
     parser.add_argument("--inner-steps", type=int, default=5)
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)

@@ -1,23 +1,33 @@
 """A CPU proxy for the GPU's MAML meta-step: the dispatcher-level operations of one vmapped Omniglot
-5-way 1-shot meta-step (meta-batch 32, 5 inner steps) and the bytes their tensors hold (inputs and
+5-way 1-shot meta-step (meta-batch 32, 5 inner steps; or --case) and the bytes their tensors hold (inputs and
 outputs of every non-view operation; an upper bound of the memory traffic). The GPU step is bound by
 memory traffic, so this tracks it without a GPU: see docs/BENCHMARKS.md.
 `--copies` also says where the copies (clone) come from: the innermost fewsight line and the
 torch.nn.functional line that called it, or the autograd engine during the backward pass.
-Usage: python benchmarks/op_count.py [--top N] [--copies]
+`--case resnet12` counts miniImageNet's ResNet-12 MAML step instead (2 tasks, width 0.125: small for
+the CPU), and `--channels-last` folds the tasks as a GPU does (channels-last), so that the copies a
+GPU would make show on the CPU.
+Usage: python benchmarks/op_count.py [--top N] [--copies] [--case omniglot|resnet12] [--channels-last]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import traceback
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from fewsight.nets import conv, conv4
 from fewsight.training import bench
+
+CASES = {
+    "omniglot": bench.Case("omniglot", "maml", 5, 1, 32),
+    "resnet12": bench.Case("miniimagenet", "maml", 5, 1, 2, backbone="resnet12", options=(("width", 0.125),)),
+}
 
 VIEWS = {
     "view", "_unsafe_view", "expand", "transpose", "permute", "unsqueeze", "squeeze", "select", "slice",
@@ -61,8 +71,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--top", type=int, default=10, help="operations listed by bytes")
     parser.add_argument("--copies", action="store_true", help="where the copies come from")
+    parser.add_argument("--case", choices=list(CASES), default="omniglot")
+    parser.add_argument("--channels-last", action="store_true", help="fold the tasks as a GPU does")
     args = parser.parse_args()
-    case = bench.Case("omniglot", "maml", 5, 1, 32)
+    case = CASES[args.case]
+    if args.channels_last:
+        conv.conv_per_task = conv4.conv_per_task = functools.partial(conv.conv_per_task, channels_last=True)
     torch.manual_seed(0)
     learner = bench.build_learner(case.config())
     learner.per_task = False

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from fewsight.nets import Conv4, TaskBatchNorm, same_conv2d
 from fewsight.nets.batchnorm import batch_norm
 from fewsight.nets.conv import conv_per_task
-from fewsight.nets.pooling import max_pool2_with_indices, pool_relu
+from fewsight.nets.pooling import _PoolReLU, leaky_relu_pool, max_pool2_with_indices, pool_relu
 
 
 def test_conv4_shapes():
@@ -245,32 +245,41 @@ def test_max_pool2_with_indices_equals_torchs_with_gradient():
         assert torch.equal(grad, expected_grad)
 
 
-def test_pool_relu_is_torchs_to_second_order():
-    """pool_relu equals relu(max_pool2d(x, 2)); its derivatives pass gradcheck and gradgradcheck; and
-    under vmap(grad(...)) over tasks (the folded layout) its second derivatives equal a loop's of
-    torch's functions, in float64."""
+@pytest.mark.parametrize(
+    "pool, slope, reference",
+    [
+        (pool_relu, 0.0, lambda x: F.relu(F.max_pool2d(x, 2))),
+        (partial(leaky_relu_pool, negative_slope=0.1), 0.1, lambda x: F.max_pool2d(F.leaky_relu(x, 0.1), 2)),
+    ],
+    ids=["relu (Conv4)", "leaky relu (ResNet-12)"],
+)
+def test_the_folded_pools_are_torchs_to_second_order(pool, slope, reference):
+    """Conv4's and ResNet-12's pool endings equal torch's functions; the pool Function under them
+    passes gradcheck and gradgradcheck; and under vmap(grad(...)) over tasks (the folded layout) their
+    second derivatives equal a loop's of torch's functions, in float64."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=generator, requires_grad=True)
-    torch.testing.assert_close(pool_relu(x), F.relu(F.max_pool2d(x, 2)))
-    assert torch.autograd.gradcheck(pool_relu, (x,))
-    assert torch.autograd.gradgradcheck(pool_relu, (x,))
+    function = lambda x: _PoolReLU.apply(x, slope)[0]  # noqa: E731
+    torch.testing.assert_close(pool(x), reference(x))
+    torch.testing.assert_close(function(x), reference(x))
+    assert torch.autograd.gradcheck(function, (x,))
+    assert torch.autograd.gradgradcheck(function, (x,))
 
-    tasks = torch.randn(3, 2, 4, 6, 6, dtype=torch.float64, generator=generator)
+    tasks = torch.randn(3, 2, 4, 7, 7, dtype=torch.float64, generator=generator)  # odd: the pool floors
     scale = torch.rand(3, 4, dtype=torch.float64, generator=generator).add(0.5).requires_grad_()
 
     def squared_gradient(pool, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         loss = lambda s: pool(x * s.view(1, -1, 1, 1)).pow(3).sum()  # noqa: E731
         return torch.func.grad(loss)(scale).pow(2).sum()
 
-    vmapped = torch.vmap(partial(squared_gradient, pool_relu))(tasks, scale).sum()
-    reference = lambda x: F.relu(F.max_pool2d(x, 2))  # noqa: E731
+    vmapped = torch.vmap(partial(squared_gradient, pool))(tasks, scale).sum()
     looped = sum(squared_gradient(reference, tasks[t], scale[t]) for t in range(3))
     torch.testing.assert_close(vmapped, looped)
     (vmapped_grad,) = torch.autograd.grad(vmapped, scale)
     (looped_grad,) = torch.autograd.grad(looped, scale)
     torch.testing.assert_close(vmapped_grad, looped_grad, rtol=1e-10, atol=1e-10)
     # A gradient of a gradient inside torch.func alone (the gather of the pool's double backward).
-    inside = torch.func.grad(partial(squared_gradient, pool_relu, tasks[0]))(scale[0].detach())
+    inside = torch.func.grad(partial(squared_gradient, pool, tasks[0]))(scale[0].detach())
     torch.testing.assert_close(
         inside, torch.func.grad(partial(squared_gradient, reference, tasks[0]))(scale[0].detach())
     )

@@ -14,6 +14,7 @@ from fewsight.nets.batchnorm import TaskBatchNorm
 from fewsight.nets.conv import SameConv2d
 from fewsight.nets.conv4 import Film
 from fewsight.nets.dropblock import drop_block
+from fewsight.nets.pooling import leaky_relu_pool
 
 WIDTHS = (64, 160, 320, 640)  # MetaOptNet, RFS
 NARROW_WIDTHS = (64, 128, 256, 512)  # Meta-Baseline and Classifier-Baseline (backbone resnet12-512)
@@ -48,7 +49,7 @@ class ResidualBlock(nn.Module):
         out = out + self.shortcut_norm(self.shortcut(x), context_size)
         if film is not None:
             out = out * film[0].view(1, -1, 1, 1) + film[1].view(1, -1, 1, 1)
-        out = F.max_pool2d(F.leaky_relu(out, 0.1), 2)
+        out = leaky_relu_pool(out, 0.1)
         if self.drop_block and self.training:
             out = drop_block(out, self.drop_rate, DROPBLOCK_SIZE)
         return out
