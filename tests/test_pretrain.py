@@ -210,6 +210,20 @@ def test_batch_norm_groups_keep_the_channels_last_layout():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_batch_norm_groups_in_one_autograd_call_to_second_order():
+    """The groups' one autograd call (`_GroupedBatchNorm`) has the derivatives of its formula, first
+    and second (gradcheck, gradgradcheck in float64), for x, the scale and the shift."""
+    from fewsight.nets.batchnorm import _GroupedBatchNorm
+
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 3, 4, 4, dtype=torch.float64, generator=generator) * 2 + 1).requires_grad_()
+    weight = torch.rand(3, dtype=torch.float64, generator=generator).add(0.5).requires_grad_()
+    bias = torch.randn(3, dtype=torch.float64, generator=generator).requires_grad_()
+    grouped = lambda x, w, b: _GroupedBatchNorm.apply(x, w, b, 1e-5, 2)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(grouped, (x, weight, bias))
+    assert torch.autograd.gradgradcheck(grouped, (x, weight, bias))
+
+
 def test_batch_norm_groups_in_bf16_and_left_behind():
     """bf16 activations (autocast) are normalised in groups, close to float32, and stay bf16;
     the groups end with the context, even when the forward fails."""

@@ -74,15 +74,12 @@ class TaskBatchNorm(nn.Module):
         return torch.addcmul(self.bias.view(shape), x - mean, scale)
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
-        """x normalised in consecutive groups of `group_size` samples, each with its own statistics: each
-        group (a view of x) by its own call of the fused kernel, the outputs joined. That is one copy
-        forward and one backward, in x's own layout (channels-last in pre-training and Meta-Baseline's
-        stage), where folding the groups into channels, as vmap folds tasks, took two each way
-        (benchmarks/bn_groups.py)."""
+        """x normalised in consecutive groups of `group_size` samples, each with its own statistics, in
+        x's own layout (channels-last in pre-training and Meta-Baseline's stage): see
+        `_GroupedBatchNorm`."""
         if x.shape[0] % self.group_size:
             raise RuntimeError(f"a batch of {x.shape[0]} does not split into groups of {self.group_size}")
-        groups = x.split(self.group_size)
-        return torch.cat([_BatchNorm.apply(group, self.weight, self.bias, self.eps)[0] for group in groups])
+        return _GroupedBatchNorm.apply(x, self.weight, self.bias, self.eps, self.group_size)[0]
 
 
 @contextlib.contextmanager
@@ -155,6 +152,49 @@ class _BatchNorm(torch.autograd.Function):
         info: Any, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
     ) -> tuple:
         return batch_norm_per_task(info.batch_size, in_dims, x, weight, bias, eps), (0, 0, 0)
+
+
+class _GroupedBatchNorm(torch.autograd.Function):
+    """`_BatchNorm` of consecutive groups of `size` samples (views of x), each with its own statistics,
+    as one autograd call: the fused kernel on each group, the outputs joined (one copy forward and one
+    backward). With an autograd call per group, the groups of 32 of a ResNet-12 pre-training pass of
+    128 images made 826 kernel launches to 362 and spent more time in Python than on an H100's GPU
+    (1.77x the pass without groups; docs/BENCHMARKS.md). (output, means, 1/stds), a row per group."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, size: int) -> tuple:
+        outputs, means, inverse_stds = zip(
+            *(
+                torch.ops.aten.native_batch_norm(group, weight, bias, None, None, True, 0.0, eps)[:3]
+                for group in x.split(size)
+            ),
+            strict=True,
+        )
+        return torch.cat(outputs), torch.stack(means), torch.stack(inverse_stds)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, outputs: tuple) -> None:
+        x, weight, _, ctx.eps, ctx.size = inputs
+        ctx.save_for_backward(x, weight, outputs[1], outputs[2])
+        ctx.mark_non_differentiable(outputs[1], outputs[2])
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor | None, _means: None, _inverse_stds: None) -> tuple:
+        if grad is None:
+            return None, None, None, None, None
+        x, weight, means, inverse_stds = ctx.saved_tensors
+        needs = list(ctx.needs_input_grad[:3])
+        groups = zip(grad.split(ctx.size), x.split(ctx.size), means, inverse_stds, strict=True)
+        if torch.is_grad_enabled():  # a graph of the backward is wanted: each group's, differentiable
+            parts = [_BatchNormBackward.apply(g, xg, weight, m, r, ctx.eps, needs) for g, xg, m, r in groups]
+        else:
+            fused = torch.ops.aten.native_batch_norm_backward
+            parts = [fused(g, xg, weight, None, None, m, r, True, ctx.eps, needs) for g, xg, m, r in groups]
+        grad_x = torch.cat([part[0] for part in parts]) if needs[0] else None
+        grad_weight = torch.stack([part[1] for part in parts]).sum(0) if needs[1] else None
+        grad_bias = torch.stack([part[2] for part in parts]).sum(0) if needs[2] else None
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 class _BatchNormBackward(torch.autograd.Function):
