@@ -61,7 +61,8 @@ class TaskBatchNorm(nn.Module):
             return F.batch_norm(
                 x, self.population_mean, self.population_var, self.weight, self.bias, False, 0.0, self.eps
             )
-        if context_size is None and 0 < self.group_size < x.shape[0]:
+        grouped = 0 < self.group_size < x.shape[0] and not torch._C._are_functorch_transforms_active()
+        if context_size is None and grouped:
             return self._grouped(x)
         if context_size is None and not torch.jit.is_tracing():  # the tracer cannot export it
             return batch_norm(x, self.weight, self.bias, self.eps)
