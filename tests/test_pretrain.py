@@ -185,6 +185,35 @@ def test_batch_norm_groups_normalise_each_group_on_its_own(backbone, layout):
     assert torch.equal(grouped_features(net, images, 8), net(images))  # one group: the whole batch
 
 
+@pytest.mark.parametrize("backbone", ["resnet12-512", "conv4"])
+def test_first_order_layers_are_torchs_own_with_the_same_values_and_gradients(backbone, monkeypatch):
+    """Within `first_order` (pre-training, Meta-Baseline's stage) the convolutions and batch norms
+    call torch's functions and none of fewsight's autograd Functions, with the same features and
+    gradients (float64); under vmap they keep their own rules, and each layer's setting comes back."""
+    from fewsight.nets import batchnorm, conv
+    from fewsight.nets.first_order import first_order
+
+    torch.manual_seed(0)
+    run = RunConfig(dataset="miniimagenet", algorithm="protonet", backbone=backbone, width=0.0625)
+    net = build_learner(run).encoder.double()
+    images = torch.randn(6, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    inputs = [images, *net.parameters()]
+    own = net(images)
+    own_gradients = torch.autograd.grad(own.square().sum(), inputs)
+    calls = []
+    for function in (conv._SameConv, batchnorm._BatchNorm):
+        monkeypatch.setattr(function, "apply", lambda *args, f=function.apply: calls.append(1) or f(*args))
+    with first_order(net):
+        torchs = net(images)
+        assert not calls  # torch's functions alone
+        torch.testing.assert_close(torchs, own, rtol=1e-12, atol=1e-12)
+        for got, want in zip(torch.autograd.grad(torchs.square().sum(), inputs), own_gradients, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        torch.vmap(net)(images.detach().unflatten(0, (2, 3)))
+        assert calls  # under vmap: fewsight's rules
+    assert not any(getattr(layer, "first_order", False) for layer in net.modules())
+
+
 def test_batch_norm_groups_keep_the_channels_last_layout():
     """A channels-last input is normalised in groups without leaving its layout (where a layout
     change made every next convolution convert it back), in values and gradients as two batches."""

@@ -25,6 +25,7 @@ from fewsight.algorithms.predictor import Head, ParameterPredictor, class_means
 from fewsight.data.episodes import TaskBatch
 from fewsight.errors import FewsightError
 from fewsight.nets.batchnorm import normalised_in_groups
+from fewsight.nets.first_order import first_order
 from fewsight.nets.layout import for_convolution
 
 METRICS = ("euclidean", "cosine")
@@ -119,7 +120,7 @@ class ProtoNet(ParameterPredictor):
             dim=1,
         )
         grouped = normalised_in_groups(self.encoder, by_group.shape[1]) if group < tasks else nullcontext()
-        with grouped:
+        with first_order(self.encoder), grouped:  # one derivative: torch's own layers
             images = for_convolution(by_group.flatten(0, 1), self.channels_last)  # as pre-training's
             features = self.embed(images).unflatten(0, (tasks // group, -1))
         support = features[:, : group * support_size].reshape(tasks, support_size, -1)

@@ -47,6 +47,7 @@ class TaskBatchNorm(nn.Module):
         self.register_buffer("population_var", None)
         # Samples per normalisation group, set only within `normalised_in_groups` (0: the whole batch).
         self.group_size = 0
+        self.first_order = False  # torch's F.batch_norm outside torch.func: fewsight.nets.first_order
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """A state dict sets the population statistics where it holds them (a model that ships them,
@@ -61,9 +62,11 @@ class TaskBatchNorm(nn.Module):
             return F.batch_norm(
                 x, self.population_mean, self.population_var, self.weight, self.bias, False, 0.0, self.eps
             )
-        grouped = 0 < self.group_size < x.shape[0] and not torch._C._are_functorch_transforms_active()
-        if context_size is None and grouped:
+        transformed = torch._C._are_functorch_transforms_active()
+        if context_size is None and 0 < self.group_size < x.shape[0] and not transformed:
             return self._grouped(x)
+        if context_size is None and self.first_order and not transformed:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         if context_size is None and not torch.jit.is_tracing():  # the tracer cannot export it
             return batch_norm(x, self.weight, self.bias, self.eps)
         context = x if context_size is None else x[:context_size]

@@ -163,6 +163,9 @@ class SameConv2d(nn.Conv2d):
         if kernel_size % 2 == 0:
             raise ValueError(f"SameConv2d needs an odd kernel size, not {kernel_size}")
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.first_order = False  # torch's F.conv2d outside torch.func: see fewsight.nets.first_order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.first_order and not torch._C._are_functorch_transforms_active():
+            return F.conv2d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
         return same_conv2d(x, self.weight, self.bias, self.groups)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from fewsight.data import EpisodeSampler
 from fewsight.data.augment import Augment, augment
 from fewsight.errors import FewsightError
 from fewsight.nets.batchnorm import normalised_in_groups
+from fewsight.nets.first_order import first_order
 from fewsight.nets.layout import for_convolution
 from fewsight.run.build import assign_classes, build_learner, load_split
 from fewsight.run.config import RunConfig
@@ -135,11 +137,11 @@ class PretrainConfig:
 
 def grouped_features(backbone: nn.Module, images: torch.Tensor, group: int) -> torch.Tensor:
     """The backbone's features of (B, C, H, W) images, batch norm normalising them in consecutive
-    groups of `group` (0: all B at once). Meta-Baseline's classifier trains on 4 GPUs, each
-    normalising its own 32 of the 128 images of a step (nn.DataParallel); groups reproduce that."""
-    if not group or group >= len(images):  # one group: no module walk on every step
-        return backbone(images)
-    with normalised_in_groups(backbone, group):
+    groups of `group` (0: all B at once), with torch's own layers (nothing differentiates pre-training
+    twice: `first_order`). Meta-Baseline's classifier trains on 4 GPUs, each normalising its own 32 of
+    the 128 images of a step (nn.DataParallel); groups reproduce that."""
+    grouped = normalised_in_groups(backbone, group) if 0 < group < len(images) else nullcontext()
+    with first_order(backbone), grouped:
         return backbone(images)
 
 
