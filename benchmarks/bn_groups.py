@@ -1,6 +1,8 @@
 """What pre-training's batch-norm groups (--bn-batch) cost: a ResNet-12's forward and backward pass on
 a batch of random images without groups and with them, in the standard and the channels-last layout
-(what `fewsight pretrain` runs on a GPU). Prints the median pass of each and its ratio to no groups.
+(what `fewsight pretrain` runs on a GPU), with fewsight's autograd Functions and with torch's own
+layers (`first_order`, what pre-training runs since 96812bc). Prints the median pass of each and its
+ratio to the pass of that layout with no groups and fewsight's Functions.
 
 Usage: python benchmarks/bn_groups.py [--width 0.5] [--images 64] [--size 80] [--group 16]
 [--rounds 5] [--device cpu] [--threads 2] [--bf16] (bf16 autocast, as pre-training's --bf16; for an A/B of
@@ -25,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.passes` and f
 from benchmarks import passes
 from benchmarks.run import kernel_table
 from fewsight.nets.batchnorm import normalised_in_groups
+from fewsight.nets.first_order import first_order
 from fewsight.run.build import build_learner
 from fewsight.run.config import RunConfig
 
@@ -44,11 +47,12 @@ def main() -> None:
     encoder = build_learner(config).encoder.to(device)
     images = torch.randn(args.images, 3, args.size, args.size, device=device)
 
-    def one_pass(layout: torch.memory_format, group: int) -> float:
+    def one_pass(layout: torch.memory_format, group: int, torchs: bool) -> float:
         net, x = encoder.to(memory_format=layout), images.contiguous(memory_format=layout)
         start = time.perf_counter()
         with (
             normalised_in_groups(net, group) if group else nullcontext(),
+            first_order(net) if torchs else nullcontext(),
             torch.autocast(device.type, torch.bfloat16, enabled=args.bf16),
         ):
             features = net(x)
@@ -58,19 +62,22 @@ def main() -> None:
         return time.perf_counter() - start
 
     cases = [
-        (name, layout, group)
+        (name, layout, group, torchs)
         for name, layout in (("standard", torch.contiguous_format), ("channels-last", torch.channels_last))
         for group in (0, args.group)
+        for torchs in (False, True)
     ]
     medians = passes.median_times({case: partial(one_pass, *case[1:]) for case in cases}, args.rounds)
-    for name, layout, group in cases:
-        median, base = medians[name, layout, group], medians[name, layout, 0]
+    for name, layout, group, torchs in cases:
+        median, base = medians[name, layout, group, torchs], medians[name, layout, 0, False]
         label = f"groups of {group}" if group else "no groups"
-        print(f"{name:13} {label:12} {median * 1000:9.1f} ms  {median / base:.2f}x")
+        layers = "torch's layers" if torchs else "fewsight's"
+        print(f"{name:13} {label:12} {layers:14} {median * 1000:9.1f} ms  {median / base:.2f}x")
     if args.profile:
         for group in (0, args.group):
-            label = f"the channels-last pass, {f'groups of {group}' if group else 'no groups'}"
-            print(kernel_table(partial(one_pass, torch.channels_last, group), label, per="pass"))
+            groups = f"groups of {group}" if group else "no groups"
+            label = f"the channels-last pass, {groups}, torch's layers"
+            print(kernel_table(partial(one_pass, torch.channels_last, group, True), label, per="pass"))
 
 
 if __name__ == "__main__":
