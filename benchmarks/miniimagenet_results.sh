@@ -177,7 +177,7 @@ evaluate() {  # shots [norm [queries]]: the model-based runs are also scored wit
 # shots (RUNS/NAME.eval-Kshot-Kq.json), which moves a transductive score (docs/RESULTS.md).
 case $name in
   protonet-*|weightpred-*|hypernet-*|resnet12-*|classifier-ref|metabaseline*)
-    evaluate 1; evaluate 5; evaluate 1 population; evaluate 5 population ;;
+    evaluate 1 population; evaluate 5 population; evaluate 1; evaluate 5 ;;  # the cells' first
   reptile-ref-*) evaluate "$shots"; evaluate "$shots" task 1 ;;  # its code: 1 query a class
   *-1shot) evaluate 1; evaluate 1 task 1 ;;
   *-5shot) evaluate 5; evaluate 5 task 5 ;;
