@@ -6,7 +6,9 @@ precision (TF32 off, bf16 autocast), of memory layout (channels-last) and of the
 convolution (its one input channel left alone, so that the tasks' grouped convolution is a depthwise
 one, which torch runs with its own kernels instead of cuDNN's; the default widens it with a zero
 channel), of the tasks' folded activations (the standard layout instead of channels-last) and of
-ResNet-12's pool (torch's batching rule instead of the folded pool), each variant
+ResNet-12's pool (torch's batching rule instead of the folded pool), and of batch norm's double
+backward (compiled by torch.compile into fused kernels, where eager torch runs about 30 operations a
+layer, most of them on per-channel vectors: the set-up time then includes the compilation), each variant
 that changes the arithmetic checked against the float64 per-task reference; then the step's kernel
 profile, with the kernels' full names.
 An experiment behind docs/BENCHMARKS.md, for a GPU: python benchmarks/ablation.py [--variants NAME ...]
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from run import profile  # benchmarks/run.py, beside this file
 
-from fewsight.nets import conv, conv4, resnet12
+from fewsight.nets import batchnorm, conv, conv4, resnet12
 from fewsight.training import bench
 
 CASES = {
@@ -50,6 +52,7 @@ VARIANTS = [
     "first conv depthwise",
     "tasks folded in the standard layout",
     "resnet12 pool by vmap's rule",
+    "compiled batch-norm double backward",
 ]
 
 
@@ -87,6 +90,8 @@ def torch_layers_block(self, x, context_size=None, film=None):
 
 
 ORIGINAL_CONV_PER_TASK = conv.conv_per_task
+ORIGINAL_DOUBLE_BACKWARD = batchnorm.double_backward
+COMPILED = ("compiled batch-norm double backward",)  # variants whose arithmetic a compiler rewrites
 OLD_PATHS = {  # variants that take conv_per_task's earlier path: its settings
     "first conv depthwise": {"widen": False},
     "tasks folded in the standard layout": {"channels_last": False},
@@ -112,9 +117,12 @@ def variant(name: str) -> Iterator[None]:
             conv.conv_per_task = conv4.conv_per_task = old_path
         if name == "resnet12 pool by vmap's rule":
             resnet12.leaky_relu_pool = vmap_rule_pool
+        if name == "compiled batch-norm double backward":
+            batchnorm.double_backward = torch.compile(ORIGINAL_DOUBLE_BACKWARD, dynamic=True)
         yield
     finally:
         conv4.ConvBlock.forward, resnet12.leaky_relu_pool = original, original_pool
+        batchnorm.double_backward = ORIGINAL_DOUBLE_BACKWARD
         conv.conv_per_task = conv4.conv_per_task = ORIGINAL_CONV_PER_TASK
         torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = saved
         torch.set_float32_matmul_precision(precision)
@@ -177,13 +185,18 @@ def main() -> None:
             if case.backbone != "resnet12" and name.startswith(RESNET12_ONLY):
                 continue
             with variant(name):
+                start = time.perf_counter()  # the set-up: warm-up steps (a compilation), the recording
                 ms = replay_ms(case, device, bf16=name == "bf16", channels_last=name == "channels_last")
-                error = None
-                own_blocks = name.startswith(CONV4_ONLY + RESNET12_ONLY)
-                changed = own_blocks or name == "current" or name in OLD_PATHS
-                if changed:  # other arithmetic: checked against the float64 reference
-                    error = bench.gradient_error(case, bench.graphed_implementation(), device)
-            print(f"{case.name} | {name} | {ms:.1f} ms | gradient error {error}", flush=True)
+                set_up = time.perf_counter() - start - 33 * ms / 1000
+            error = None
+            own_blocks = name.startswith(CONV4_ONLY + RESNET12_ONLY)
+            if own_blocks or name in ("current", *OLD_PATHS, *COMPILED):
+                # Other arithmetic: the variant's float64 meta-gradient against the reference's, which
+                # runs outside the variant (with the eager layers).
+                within = functools.partial(variant, name)
+                error = bench.gradient_error(case, bench.graphed_implementation(), device, within)
+            row = f"{case.name} | {name} | {ms:.1f} ms | set-up {set_up:.1f} s | gradient error {error}"
+            print(row, flush=True)
     for case in [] if args.no_profile else cases:
         print(profile(device, case, top=20, width=160))
 

@@ -232,67 +232,83 @@ class _BatchNormBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *upstream: torch.Tensor | None) -> tuple:
-        """With x̂ = (x - mean)·r (r = 1/std), P(v) = v - mean(v) - x̂·mean(x̂v) per channel, and
-        upstream gradients a (of grad_x), c (of grad_weight) and b (of grad_bias):
-        d/dg = weight·r·P(a) + c·x̂ + b; d/dweight = r·sum(a·P(g));
-        d/dx = r·(c·P(g) - weight·r·(x̂·(cov(a, g) - mean(ax̂)·mean(gx̂)) + mean(ax̂)·P(g) + mean(gx̂)·P(a))),
-        written below as per-channel coefficients of g, a, x̂ and 1."""
-        grad, x, weight, mean, inverse_std = ctx.saved_tensors
-        a, c, b = upstream
-        dtype = torch.promote_types(x.dtype, weight.dtype)  # x may be bf16 under autocast
-        dims = [0, *range(2, x.ndim)]
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        count = x.numel() // x.shape[1]
+        needs = tuple(ctx.needs_input_grad[:3])
+        return (*double_backward(*ctx.saved_tensors, *upstream, needs), None, None, None, None)
 
-        def channel(v: torch.Tensor) -> torch.Tensor:
-            return v.to(dtype).view(shape)
 
-        def average(v: torch.Tensor) -> torch.Tensor:
-            return v.mean(dims, keepdim=True)
+def double_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    inverse_std: torch.Tensor,
+    a: torch.Tensor | None,
+    c: torch.Tensor | None,
+    b: torch.Tensor | None,
+    needs: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """`_BatchNormBackward`'s backward (d/dg, d/dx, d/dweight where `needs` says), a function of
+    tensors alone (which a compiler could fuse: benchmarks/ablation.py times that).
 
-        # The per-channel arithmetic below is written in few operations (addcmul: one for a·b + c),
-        # as each is a kernel launch on a GPU, in a step that makes hundreds of them.
-        r = channel(inverse_std)
-        g = grad.to(dtype)
-        normalised = (x.to(dtype) - channel(mean)) * r  # x̂, centred first: exact where |mean| >> std
-        g_mean, gx_mean = average(g), average(g * normalised)
-        zero = torch.zeros((), dtype=dtype, device=x.device) if c is None or b is None else None
-        c = zero if c is None else channel(c)
-        coef_g = r * c  # d/dx = coef_1 + coef_x·x̂ + coef_g·g (+ coef_a·a below), per channel
-        minus_rc = -coef_g
-        coef_x, coef_1 = minus_rc * gx_mean, minus_rc * g_mean  # the c terms
-        g_coef_x, g_coef_1 = c, zero if b is None else channel(b)  # d/dg = g_coef_1 + g_coef_x·x̂ (+ scale·a)
-        d_weight = None
-        minus_coef_a = None
+    With x̂ = (x - mean)·r (r = 1/std), P(v) = v - mean(v) - x̂·mean(x̂v) per channel, and upstream
+    gradients a (of grad_x), c (of grad_weight) and b (of grad_bias):
+    d/dg = weight·r·P(a) + c·x̂ + b; d/dweight = r·sum(a·P(g));
+    d/dx = r·(c·P(g) - weight·r·(x̂·(cov(a, g) - mean(ax̂)·mean(gx̂)) + mean(ax̂)·P(g) + mean(gx̂)·P(a))),
+    written below as per-channel coefficients of g, a, x̂ and 1."""
+    dtype = torch.promote_types(x.dtype, weight.dtype)  # x may be bf16 under autocast
+    dims = [0, *range(2, x.ndim)]
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    count = x.numel() // x.shape[1]
+
+    def channel(v: torch.Tensor) -> torch.Tensor:
+        return v.to(dtype).view(shape)
+
+    def average(v: torch.Tensor) -> torch.Tensor:
+        return v.mean(dims, keepdim=True)
+
+    # The per-channel arithmetic below is written in few operations (addcmul: one for a·b + c),
+    # as each is a kernel launch on a GPU, in a step that makes hundreds of them.
+    r = channel(inverse_std)
+    g = grad.to(dtype)
+    normalised = (x.to(dtype) - channel(mean)) * r  # x̂, centred first: exact where |mean| >> std
+    g_mean, gx_mean = average(g), average(g * normalised)
+    zero = torch.zeros((), dtype=dtype, device=x.device) if c is None or b is None else None
+    c = zero if c is None else channel(c)
+    coef_g = r * c  # d/dx = coef_1 + coef_x·x̂ + coef_g·g (+ coef_a·a below), per channel
+    minus_rc = -coef_g
+    coef_x, coef_1 = minus_rc * gx_mean, minus_rc * g_mean  # the c terms
+    g_coef_x, g_coef_1 = c, zero if b is None else channel(b)  # d/dg = g_coef_1 + g_coef_x·x̂ (+ scale·a)
+    d_weight = None
+    minus_coef_a = None
+    if a is not None:
+        a = a.to(dtype)
+        scale = channel(weight) * r
+        rs = r * scale
+        a_mean, ax_mean = average(a), average(a * normalised)
+        covariance = average((a - a_mean) * g)  # centred: no cancellation where |mean(a)| >> std(a)
+        coef_g = torch.addcmul(coef_g, rs, ax_mean, value=-1)
+        coef_x = torch.addcmul(coef_x, rs, torch.addcmul(-covariance, gx_mean, ax_mean, value=3))
+        coef_1 = torch.addcmul(coef_1, rs, torch.addcmul(ax_mean * g_mean, gx_mean, a_mean))
+        minus_coef_a = rs * gx_mean
+        g_coef_x = torch.addcmul(g_coef_x, scale, ax_mean, value=-1)
+        g_coef_1 = torch.addcmul(g_coef_1, scale, a_mean, value=-1)
+        if needs[2]:
+            d_weight = torch.addcmul(covariance, ax_mean, gx_mean, value=-1) * (r * count)
+            d_weight = d_weight.flatten().to(weight.dtype)
+    d_g = None
+    if needs[0]:  # two passes over the activations: one per term that is not constant
+        d_g = torch.addcmul(g_coef_1, normalised, g_coef_x)
         if a is not None:
-            a = a.to(dtype)
-            scale = channel(weight) * r
-            rs = r * scale
-            a_mean, ax_mean = average(a), average(a * normalised)
-            covariance = average((a - a_mean) * g)  # centred: no cancellation where |mean(a)| >> std(a)
-            coef_g = torch.addcmul(coef_g, rs, ax_mean, value=-1)
-            coef_x = torch.addcmul(coef_x, rs, torch.addcmul(-covariance, gx_mean, ax_mean, value=3))
-            coef_1 = torch.addcmul(coef_1, rs, torch.addcmul(ax_mean * g_mean, gx_mean, a_mean))
-            minus_coef_a = rs * gx_mean
-            g_coef_x = torch.addcmul(g_coef_x, scale, ax_mean, value=-1)
-            g_coef_1 = torch.addcmul(g_coef_1, scale, a_mean, value=-1)
-            if ctx.needs_input_grad[2]:
-                d_weight = torch.addcmul(covariance, ax_mean, gx_mean, value=-1) * (r * count)
-                d_weight = d_weight.flatten().to(weight.dtype)
-        d_g = None
-        if ctx.needs_input_grad[0]:  # two passes over the activations: one per term that is not constant
-            d_g = torch.addcmul(g_coef_1, normalised, g_coef_x)
-            if a is not None:
-                d_g = torch.addcmul(d_g, a, scale)
-        d_x = None
-        if ctx.needs_input_grad[1]:
-            d_x = torch.addcmul(torch.addcmul(coef_1, normalised, coef_x), g, coef_g)
-            if minus_coef_a is not None:
-                d_x = torch.addcmul(d_x, a, minus_coef_a, value=-1)
-            d_x = d_x.to(x.dtype)
-        if d_g is not None:
-            d_g = torch.broadcast_to(d_g, grad.shape).to(grad.dtype)
-        return d_g, d_x, d_weight, None, None, None, None
+            d_g = torch.addcmul(d_g, a, scale)
+    d_x = None
+    if needs[1]:
+        d_x = torch.addcmul(torch.addcmul(coef_1, normalised, coef_x), g, coef_g)
+        if minus_coef_a is not None:
+            d_x = torch.addcmul(d_x, a, minus_coef_a, value=-1)
+        d_x = d_x.to(x.dtype)
+    if d_g is not None:
+        d_g = torch.broadcast_to(d_g, grad.shape).to(grad.dtype)
+    return d_g, d_x, d_weight
 
 
 def batch_norm_per_task(

@@ -13,7 +13,7 @@ import gc
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -185,16 +185,23 @@ def meta_batch(case: Case, tasks: int, device: torch.device, dtype: torch.dtype)
     return sampler.sample(tasks, sampler.generator(0))
 
 
-def gradient_error(case: Case, implementation: Implementation, device: torch.device) -> float:
+def gradient_error(
+    case: Case,
+    implementation: Implementation,
+    device: torch.device,
+    within: Callable[[], AbstractContextManager] = nullcontext,
+) -> float:
     """Largest difference between an implementation's meta-gradient and the per-task float64 reference,
-    on two tasks."""
+    on two tasks; the implementation runs `within` a context (a variant of the layers), the reference
+    outside it."""
     torch.manual_seed(0)
     learner = build_learner(case.config()).to(device, torch.float64)
     batch = meta_batch(case, 2, device, torch.float64)
     torch.manual_seed(1)  # the same noise for both, for algorithms that sample (LEO)
     reference = {k: v.clone() for k, v in fewsight_implementation(per_task=True)(learner, batch)().items()}
     torch.manual_seed(1)
-    measured = implementation(learner, batch)()
+    with within():
+        measured = implementation(learner, batch)()
     if measured.keys() != reference.keys():
         return float("inf")
     return max(float((measured[k].double() - reference[k]).abs().max()) for k in reference)
