@@ -53,6 +53,7 @@ VARIANTS = [
     "tasks folded in the standard layout",
     "resnet12 pool by vmap's rule",
     "compiled batch-norm double backward",
+    "compiled batch-norm double backward, static shapes",
 ]
 
 
@@ -91,7 +92,7 @@ def torch_layers_block(self, x, context_size=None, film=None):
 
 ORIGINAL_CONV_PER_TASK = conv.conv_per_task
 ORIGINAL_DOUBLE_BACKWARD = batchnorm.double_backward
-COMPILED = ("compiled batch-norm double backward",)  # variants whose arithmetic a compiler rewrites
+COMPILED = "compiled batch-norm double backward"  # how the names of the variants a compiler rewrites start
 OLD_PATHS = {  # variants that take conv_per_task's earlier path: its settings
     "first conv depthwise": {"widen": False},
     "tasks folded in the standard layout": {"channels_last": False},
@@ -117,8 +118,9 @@ def variant(name: str) -> Iterator[None]:
             conv.conv_per_task = conv4.conv_per_task = old_path
         if name == "resnet12 pool by vmap's rule":
             resnet12.leaky_relu_pool = vmap_rule_pool
-        if name == "compiled batch-norm double backward":
-            batchnorm.double_backward = torch.compile(ORIGINAL_DOUBLE_BACKWARD, dynamic=True)
+        if name.startswith(COMPILED):  # one compilation for all shapes, or one for each shape
+            dynamic = not name.endswith("static shapes")
+            batchnorm.double_backward = torch.compile(ORIGINAL_DOUBLE_BACKWARD, dynamic=dynamic)
         yield
     finally:
         conv4.ConvBlock.forward, resnet12.leaky_relu_pool = original, original_pool
@@ -190,7 +192,7 @@ def main() -> None:
                 set_up = time.perf_counter() - start - 33 * ms / 1000
             error = None
             own_blocks = name.startswith(CONV4_ONLY + RESNET12_ONLY)
-            if own_blocks or name in ("current", *OLD_PATHS, *COMPILED):
+            if own_blocks or name in ("current", *OLD_PATHS) or name.startswith(COMPILED):
                 # Other arithmetic: the variant's float64 meta-gradient against the reference's, which
                 # runs outside the variant (with the eager layers).
                 within = functools.partial(variant, name)
