@@ -284,6 +284,36 @@ def test_pretraining_with_batch_norm_groups(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_recorded_step_trains_as_the_eager_one_and_resumes_eagerly(tmp_path, monkeypatch):
+    """The CUDA-graph path of pre-training, its recording stood in by eager reruns on the CPU (as in
+    tests/test_graphs.py): the same weights as eager training after two epochs, with batch-norm groups,
+    a learning-rate drop and the cosine metric's temperature, which no step trains, left as it was;
+    the run then resumes eagerly (--no-cuda-graphs) from its checkpoint, learning rates saved as tensors."""
+    from fewsight.training import graphs, pretrain
+    from tests.conftest import capture_eagerly
+
+    recordings = []
+    monkeypatch.setattr(graphs, "capture", lambda step: recordings.append(1) or capture_eagerly(step))
+    recipe = ["--backbone", "resnet12-512", "--metric", "cosine", "--bn-batch", "64", "--lr-drop-epoch", "1"]
+    runs = {}
+    for recorded in (False, True):
+        monkeypatch.setattr(
+            pretrain, "records", lambda config, device, on=recorded: on and config.cuda_graphs
+        )
+        runs[recorded] = tmp_path / f"recorded-{recorded}"
+        assert main(["pretrain", *FLAGS, "--epochs", "2", *recipe, "--out", str(runs[recorded])]) == 0
+    assert recordings == [1]  # recorded once, at the first step, then replayed
+    eager, graphed = (torch.load(runs[r] / "checkpoint.pt", weights_only=True) for r in (False, True))
+    for part in ("learner", "head"):
+        for name, value in eager[part].items():
+            torch.testing.assert_close(graphed[part][name], value, rtol=1e-5, atol=1e-6)
+    assert graphed["learner"]["temperature"] == eager["learner"]["temperature"] == 10.0
+    assert all(torch.is_tensor(group["lr"]) for group in graphed["optimizer"]["param_groups"])
+    resumed = ["pretrain", *FLAGS, "--epochs", "3", *recipe, "--no-cuda-graphs", "--resume"]
+    assert main([*resumed, "--out", str(runs[True])]) == 0
+    assert max(row["step"] for row in metrics(runs[True])) == 15
+
+
 def test_crops_from_larger_training_images(tmp_path, capsys):
     """--crop-from 24: training images decoded at 24 pixels, cropped to --image-size 16; eval reads 16."""
     run = tmp_path / "run"

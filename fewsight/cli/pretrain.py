@@ -68,6 +68,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=False,
         help="bf16 autocast (GPUs that support it; default: off, and --no-bf16 undoes an earlier --bf16)",
     )
+    parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="record the training step once as a CUDA graph and replay it; applies on a GPU without "
+        "DropBlock (--drop-rate 0) (default: on; --no-cuda-graphs runs the step eagerly)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder to create (or continue)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     data_flags(parser)

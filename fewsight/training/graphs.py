@@ -5,11 +5,13 @@ kernels themselves; a replay launches them all at once, with no Python in betwee
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
 
 import torch
+from torch import nn
 
 from fewsight.algorithms import MetaLearner
 from fewsight.data.episodes import TaskBatch
@@ -84,10 +86,7 @@ class GraphedTrainingStep:
         self.learner, self.optimizer, self.autocast = learner, optimizer, autocast
         learner.replayed = True  # the learner may take its path with the faster kernels
         self.path_seconds: dict[bool, float] | None = None  # per path, where `_choose_path` timed them
-        for group in optimizer.param_groups:  # in the parameters' dtype: float64 training stays exact
-            like = group["params"][0]  # (a fused kernel reads its rate in float32 only)
-            dtype = torch.float32 if group.get("fused") else like.dtype
-            group["lr"] = torch.tensor(float(group["lr"]), dtype=dtype, device=like.device)
+        device_learning_rates(optimizer)
         self.batch = static_copy(example)
         self._record()
 
@@ -163,6 +162,65 @@ class GraphedTrainingStep:
         return self.outputs
 
 
+class GraphedStep:
+    """A training step on inputs of fixed shapes replayed from a CUDA graph (pre-training's): `graphed(
+    *inputs)` copies the inputs into the tensors the graph reads, replays it and returns the step's
+    outputs, which every replay overwrites. As in `GraphedTrainingStep`, the optimiser's learning
+    rates become device tensors that `set_learning_rate` reaches, and the weights and optimiser state
+    are put back after the warm-up runs that recording needs: training goes on as without the graph.
+    The step must not change between replays in anything but tensors (a Python number it reads is
+    recorded as it was)."""
+
+    def __init__(
+        self,
+        step: Callable[..., tuple[torch.Tensor, ...]],
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        example: tuple[torch.Tensor, ...],
+    ) -> None:
+        device_learning_rates(optimizer)
+        self.inputs = tuple(tensor.clone() for tensor in example)  # in their memory layout
+        saved = _snapshot(model, optimizer)
+        for parameter in model.parameters():  # as in an eager step: a gradient the step never
+            parameter.grad = None  # computes (a metric's temperature) stays none, and SGD skips it
+        try:
+            self.graph, self.outputs = capture(lambda: step(*self.inputs))
+        finally:
+            _restore(saved)
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        for target, source in zip(self.inputs, inputs, strict=True):
+            target.copy_(source)
+        self.graph.replay()
+        return self.outputs
+
+
+def recorded(record: Callable[[], T], optimizer: torch.optim.Optimizer) -> T | None:
+    """`record()`, a step recorded as a CUDA graph, or None, with a warning, for a step that cannot be
+    recorded (an operation that waits for the host, say): training then goes on eagerly."""
+    try:
+        return record()
+    except RuntimeError as error:
+        if isinstance(error, torch.OutOfMemoryError):
+            raise
+        warnings.warn(
+            f"this step cannot be recorded as a CUDA graph ({str(error).splitlines()[0]}); "
+            "training without one (--no-cuda-graphs silences this)",
+            stacklevel=3,
+        )
+        plain_learning_rates(optimizer)
+        return None
+
+
+def device_learning_rates(optimizer: torch.optim.Optimizer) -> None:
+    """Every group's learning rate as a device tensor, which a recorded step reads (in the parameters'
+    dtype, so float64 training stays exact; a fused kernel reads its rate in float32 only)."""
+    for group in optimizer.param_groups:
+        like = group["params"][0]
+        dtype = torch.float32 if group.get("fused") else like.dtype
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=dtype, device=like.device)
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
     """Set every group's learning rate, in place where it is a tensor (as a graphed step's is)."""
     for group in optimizer.param_groups:
@@ -180,7 +238,7 @@ def plain_learning_rates(optimizer: torch.optim.Optimizer) -> None:
 
 
 def _snapshot(
-    learner: MetaLearner, optimizer: torch.optim.Optimizer
+    learner: nn.Module, optimizer: torch.optim.Optimizer
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(tensor, copy) for every weight, buffer and optimiser state tensor. A fresh optimiser's state
     is created first, by a step with zero gradients, and recorded as zeros (step 0, no moments)."""

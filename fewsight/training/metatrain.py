@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from fewsight.training import loop
 from fewsight.training.device import autocast, default_device, describe
 from fewsight.training.distributed import average_gradients, is_main, setup, share, world
 from fewsight.training.evaluate import Accuracy, evaluate
-from fewsight.training.graphs import GraphedTrainingStep, plain_learning_rates, set_learning_rate
+from fewsight.training.graphs import GraphedTrainingStep, plain_learning_rates, recorded, set_learning_rate
 from fewsight.training.schedules import meta_learning_rate
 from fewsight.training.timing import format_duration
 
@@ -97,21 +96,12 @@ def _graphed_step(
     batch: TaskBatch,
     precision: Callable[[], contextlib.AbstractContextManager],
 ) -> GraphedTrainingStep | None:
-    """The meta-training step recorded as a CUDA graph, or None, with a warning, for a step that
-    cannot be recorded (an operation that waits for the host, say): training then goes on eagerly."""
-    try:
-        return GraphedTrainingStep(learner, optimizer, batch, precision)
-    except RuntimeError as error:
-        if isinstance(error, torch.OutOfMemoryError):
-            raise
-        warnings.warn(
-            f"this step cannot be recorded as a CUDA graph ({str(error).splitlines()[0]}); "
-            "training without one (--no-cuda-graphs silences this)",
-            stacklevel=2,
-        )
-        plain_learning_rates(optimizer)
+    """The meta-training step recorded as a CUDA graph, or None (`graphs.recorded`): training then
+    goes on eagerly."""
+    graphed = recorded(lambda: GraphedTrainingStep(learner, optimizer, batch, precision), optimizer)
+    if graphed is None:
         learner.replayed = False
-        return None
+    return graphed
 
 
 def _validation_sampler(

@@ -37,6 +37,7 @@ from fewsight.run.lock import holds_run_folder
 from fewsight.training import loop
 from fewsight.training.device import autocast, default_device
 from fewsight.training.evaluate import Accuracy, evaluate
+from fewsight.training.graphs import GraphedStep, plain_learning_rates, recorded, set_learning_rate
 from fewsight.training.metatrain import MOMENTUM, VALIDATION_SEED
 from fewsight.training.schedules import cosine_lr, dropped_lr
 
@@ -76,6 +77,7 @@ class PretrainConfig:
     lr_drop_epoch: int = 0  # 0: the cosine schedule; else the rate times 0.1 after this epoch
     bf16: bool = False
     bn_batch: int = 0  # images per batch-norm batch at training; 0: the whole batch
+    cuda_graphs: bool = True  # record the step once and replay it, on a GPU without DropBlock
     seed: int = 0
     trainval: bool = False
     val_episodes: int = 200
@@ -145,6 +147,13 @@ def grouped_features(backbone: nn.Module, images: torch.Tensor, group: int) -> t
         return backbone(images)
 
 
+def records(config: PretrainConfig, device: torch.device) -> bool:
+    """Whether pre-training records its step as a CUDA graph: on a GPU, unless --no-cuda-graphs, and
+    without DropBlock, whose rate changes every step while it ramps up (and a graph replays the one
+    it recorded)."""
+    return config.cuda_graphs and device.type == "cuda" and not config.drop_rate
+
+
 def _pretrain_settings(folder: str | os.PathLike) -> dict | None:
     """The "pretrain" settings of a run folder's config.json; None for a training run."""
     settings = json.loads((Path(folder) / CONFIG).read_text()).get("pretrain")
@@ -180,7 +189,7 @@ def pretrain(
         out,
         resume,
         length="epochs",
-        adjustable=("log_every", "val_episodes", "checkpoint_every"),  # may change on resume
+        adjustable=("log_every", "val_episodes", "checkpoint_every", "cuda_graphs"),  # may change on resume
         cosine=lambda saved: not saved.lr_drop_epoch,
         keys=_RESUMABLE,
         why_not="fewsight pretrain did not write it, so it cannot be resumed",
@@ -210,7 +219,10 @@ def pretrain(
     head = nn.Linear(backbone.feature_size, data.num_classes).to(device)
     learner.to(memory_format=torch.channels_last)  # as its images (fewsight.nets.layout)
     parameters = [*learner.parameters(), *head.parameters()]
-    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=MOMENTUM, weight_decay=config.weight_decay)
+    graphs = records(config, device)
+    optimizer = torch.optim.SGD(  # fused where recorded: it reads its learning rate on the device
+        parameters, lr=config.lr, momentum=MOMENTUM, weight_decay=config.weight_decay, fused=graphs or None
+    )
     shuffler = torch.Generator().manual_seed(config.seed)  # the order of each epoch (CPU)
     generator = torch.Generator(device).manual_seed(config.seed)  # augmentation (device)
     per_epoch = len(labels) // config.batch_size  # the last partial batch of an epoch is dropped
@@ -220,6 +232,9 @@ def pretrain(
         learner.load_state_dict(state["learner"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
+        plain_learning_rates(optimizer)  # the saved run may have trained with or without a graph
+        for group in optimizer.param_groups:
+            group["fused"] = graphs or None
         shuffler.set_state(state["shuffler"].cpu())
         order = state["order"].to(device)
         generator.set_state(state["generator"].cpu())
@@ -231,8 +246,20 @@ def pretrain(
             return dropped_lr(config.lr, number, config.lr_drop_epoch * per_epoch)
         return cosine_lr(config.lr, number, total, floor_fraction=0.0)
 
+    def train(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward and SGD step on one batch: what a CUDA graph records."""
+        with autocast(device, config.bf16):
+            logits = head(grouped_features(backbone, x, config.bn_batch))
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=not graphs)  # a graph keeps the gradients' addresses
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), (logits.argmax(-1) == y).float().mean()
+
+    graphed: GraphedStep | None = None
+
     def step(number: int) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal order
+        nonlocal order, graphed, graphs
         index = (number - 1) % per_epoch
         if index == 0:
             order = torch.randperm(len(labels), generator=shuffler).to(device)
@@ -241,17 +268,14 @@ def pretrain(
         if config.augment:
             x = augment(x, generator, settings, run.image_size)
         x = for_convolution(x)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(number)
+        set_learning_rate(optimizer, learning_rate(number))
         if hasattr(backbone, "set_drop_rate"):
             backbone.set_drop_rate(config.drop_rate * min(1.0, number / (DROP_RAMP * total)))
-        with autocast(device, config.bf16):
-            logits = head(grouped_features(backbone, x, config.bn_batch))
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach(), (logits.argmax(-1) == y).float().mean()
+        if graphs and graphed is None:
+            model = nn.ModuleList([learner, head])
+            graphed = recorded(lambda: GraphedStep(train, model, optimizer, (x, y)), optimizer)
+            graphs = graphed is not None
+        return train(x, y) if graphed is None else graphed(x, y)
 
     def end_of_epoch(number: int) -> bool:
         return number % per_epoch == 0
