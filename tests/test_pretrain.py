@@ -286,15 +286,26 @@ def test_pretraining_with_batch_norm_groups(tmp_path, capsys):
 
 def test_a_recorded_step_trains_as_the_eager_one_and_resumes_eagerly(tmp_path, monkeypatch):
     """The CUDA-graph path of pre-training, its recording stood in by eager reruns on the CPU (as in
-    tests/test_graphs.py): the same weights as eager training after two epochs, with batch-norm groups,
-    a learning-rate drop and the cosine metric's temperature, which no step trains, left as it was;
-    the run then resumes eagerly (--no-cuda-graphs) from its checkpoint, learning rates saved as tensors."""
+    tests/test_graphs.py): the same weights as eager training after two epochs, with batch-norm
+    groups, a learning-rate drop and bf16 autocast, and the cosine metric's temperature, which no step
+    trains, left as it was; the run then resumes eagerly (--no-cuda-graphs) from its checkpoint,
+    whose learning rates were saved as tensors."""
     from fewsight.training import graphs, pretrain
     from tests.conftest import capture_eagerly
 
     recordings = []
     monkeypatch.setattr(graphs, "capture", lambda step: recordings.append(1) or capture_eagerly(step))
-    recipe = ["--backbone", "resnet12-512", "--metric", "cosine", "--bn-batch", "64", "--lr-drop-epoch", "1"]
+    recipe = [
+        "--backbone",
+        "resnet12-512",
+        "--metric",
+        "cosine",
+        "--bn-batch",
+        "64",
+        "--lr-drop-epoch",
+        "1",
+        "--bf16",
+    ]
     runs = {}
     for recorded in (False, True):
         monkeypatch.setattr(
