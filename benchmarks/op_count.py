@@ -4,10 +4,13 @@ outputs of every non-view operation; an upper bound of the memory traffic). The 
 memory traffic, so this tracks it without a GPU: see docs/BENCHMARKS.md.
 `--copies` also says where the copies (clone) come from: the innermost fewsight line and the
 torch.nn.functional line that called it, or the autograd engine during the backward pass.
+`--function NAME` also says how many of the operations and bytes come from the fewsight function NAME
+(run while it is on the stack), e.g. `--function double_backward`.
 `--case resnet12` counts miniImageNet's ResNet-12 MAML step instead (2 tasks, width 0.125: small for
 the CPU), and `--channels-last` folds the tasks as a GPU does (channels-last), so that the copies a
 GPU would make show on the CPU.
-Usage: python benchmarks/op_count.py [--top N] [--copies] [--case omniglot|resnet12] [--channels-last]
+Usage: python benchmarks/op_count.py [--top N] [--copies] [--case omniglot|miniimagenet|resnet12]
+[--channels-last] [--function NAME]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from fewsight.training import bench
 
 CASES = {
     "omniglot": bench.Case("omniglot", "maml", 5, 1, 32),
+    "miniimagenet": bench.Case("miniimagenet", "maml", 5, 1, 4),
     "resnet12": bench.Case("miniimagenet", "maml", 5, 1, 2, backbone="resnet12", options=(("width", 0.125),)),
 }
 
@@ -39,11 +43,12 @@ VIEWS = {
 class Tally(TorchDispatchMode):
     """Counts every non-view operation and the bytes of the tensors it reads and writes."""
 
-    def __init__(self) -> None:
+    def __init__(self, function: str | None = None) -> None:
         super().__init__()
         self.calls: collections.Counter[str] = collections.Counter()
         self.bytes: collections.Counter[str] = collections.Counter()
         self.copies: collections.Counter[str] = collections.Counter()
+        self.function, self.in_function = function, collections.Counter()  # its operations and bytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -54,7 +59,15 @@ class Tally(TorchDispatchMode):
             self.bytes[name] += sum(t.numel() * t.element_size() for t in tensors)
             if name == "clone":
                 self.copies[_caller()] += sum(t.numel() * t.element_size() for t in tensors)
+            if self.function is not None and self.function in _fewsight_functions():
+                self.in_function["operations"] += 1
+                self.in_function["bytes"] += sum(t.numel() * t.element_size() for t in tensors)
         return out
+
+
+def _fewsight_functions() -> set[str]:
+    """The names of the fewsight functions on the stack (with the helpers nested in them)."""
+    return {frame.name for frame in traceback.extract_stack() if "fewsight/" in frame.filename}
 
 
 def _caller() -> str:
@@ -73,6 +86,7 @@ def main() -> None:
     parser.add_argument("--copies", action="store_true", help="where the copies come from")
     parser.add_argument("--case", choices=list(CASES), default="omniglot")
     parser.add_argument("--channels-last", action="store_true", help="fold the tasks as a GPU does")
+    parser.add_argument("--function", help="also count what this fewsight function runs")
     args = parser.parse_args()
     case = CASES[args.case]
     if args.channels_last:
@@ -82,7 +96,7 @@ def main() -> None:
     learner.per_task = False
     batch = bench.meta_batch(case, case.meta_batch, torch.device("cpu"), torch.float32)
     learner.meta_loss(batch).loss.backward()  # warm-up: lazy initialisation stays out of the tally
-    tally = Tally()
+    tally = Tally(args.function)
     with tally:
         learner.zero_grad()
         learner.meta_loss(batch).loss.backward()
@@ -94,6 +108,9 @@ def main() -> None:
         print("copies by caller:")
         for caller, size in tally.copies.most_common(args.top):
             print(f"  {caller}: {size / 1e9:.1f} GB")
+    if args.function:
+        share = tally.in_function
+        print(f"{args.function}: {share['operations']} operations, {share['bytes'] / 1e9:.1f} GB")
 
 
 if __name__ == "__main__":
